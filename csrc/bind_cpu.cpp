@@ -1,0 +1,122 @@
+// pybind11 bindings of the CPU kernels (module retrievalguard_fast._core). Arguments arrive
+// already checked and converted by retrievalguard_fast/_ops.py; the checks here only guard
+// memory safety (shapes and contiguity), never convert, and release the GIL while computing.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "cpu/nn_cpu.h"
+#include "cpu/noise_cpu.h"
+
+namespace py = pybind11;
+
+namespace {
+
+template <class T>
+using CArray = py::array_t<T, py::array::c_style>;
+
+template <class T>
+void require(const CArray<T>& a, int64_t size, const char* name) {
+  if (a.size() != size)
+    throw std::invalid_argument(std::string(name) + ": expected " + std::to_string(size) +
+                                " elements, got " + std::to_string(a.size()));
+}
+
+void gaussian_noise(const CArray<float>& x, float sigma, int64_t n, uint64_t seed, uint32_t stream,
+                    uint64_t start, CArray<float>& out) {
+  const int64_t dim = x.size();
+  require(out, n * dim, "out");
+  const float* xp = x.data();
+  float* op = out.mutable_data();
+  py::gil_scoped_release release;
+  rgf::gaussian_noise_cpu(xp, dim, sigma, n, seed, stream, start, op);
+}
+
+void philox4x32(const CArray<uint32_t>& counters, const CArray<uint32_t>& keys,
+                CArray<uint32_t>& out) {
+  const int64_t m = counters.size() / 4;
+  require(counters, 4 * m, "counter");
+  require(keys, 2 * m, "key");
+  require(out, 4 * m, "out");
+  rgf::philox4x32_cpu(counters.data(), keys.data(), m, out.mutable_data());
+}
+
+rgf::NNProblem problem(const CArray<float>& queries, const CArray<float>& gallery, int64_t dim,
+                       const CArray<int64_t>& exclude, bool normalize) {
+  rgf::NNProblem p{};
+  p.dim = dim;
+  p.rows = dim > 0 ? queries.size() / dim : 0;
+  p.gallery_rows = dim > 0 ? gallery.size() / dim : 0;
+  require(queries, p.rows * dim, "queries");
+  require(gallery, p.gallery_rows * dim, "gallery");
+  p.queries = queries.data();
+  p.gallery = gallery.data();
+  p.normalize = normalize;
+  p.exclude = nullptr;
+  if (exclude.size() > 0) {  // an empty array means "exclude nothing"
+    require(exclude, p.rows, "exclude");
+    p.exclude = exclude.data();
+  }
+  return p;
+}
+
+void nn_search(const CArray<float>& queries, const CArray<float>& gallery, int64_t dim,
+               const CArray<int64_t>& exclude, CArray<int64_t>& index1, CArray<float>& dist1,
+               CArray<int64_t>& index2, CArray<float>& dist2) {
+  const rgf::NNProblem p = problem(queries, gallery, dim, exclude, false);
+  require(index1, p.rows, "index1");
+  require(dist1, p.rows, "dist1");
+  require(index2, p.rows, "index2");
+  require(dist2, p.rows, "dist2");
+  int64_t* i1 = index1.mutable_data();
+  int64_t* i2 = index2.mutable_data();
+  float* d1 = dist1.mutable_data();
+  float* d2 = dist2.mutable_data();
+  py::gil_scoped_release release;
+  rgf::nn_search_cpu(p, i1, d1, i2, d2);
+}
+
+void nn_vote(const CArray<float>& embeddings, const CArray<float>& gallery, int64_t dim,
+             const CArray<int64_t>& gallery_labels, int64_t num_classes, const CArray<int64_t>& exclude,
+             bool normalize, CArray<int64_t>& counts, CArray<double>& embedding_sum) {
+  const rgf::NNProblem p = problem(embeddings, gallery, dim, exclude, normalize);
+  require(gallery_labels, p.gallery_rows, "gallery_labels");
+  require(counts, num_classes, "counts");
+  require(embedding_sum, dim, "embedding_sum");
+  const int64_t* labels = gallery_labels.data();
+  int64_t* c = counts.mutable_data();
+  double* s = embedding_sum.mutable_data();
+  py::gil_scoped_release release;
+  rgf::nn_vote_cpu(p, labels, num_classes, c, s);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "retrievalguard_fast CPU kernels (use the wrappers in retrievalguard_fast)";
+  const auto noconvert = [](const char* name) { return py::arg(name).noconvert(); };
+  m.def("gaussian_noise", &gaussian_noise, noconvert("x"), py::arg("sigma"), py::arg("n"),
+        py::arg("seed"), py::arg("stream"), py::arg("start"), noconvert("out"));
+  m.def("philox4x32", &philox4x32, noconvert("counters"), noconvert("keys"), noconvert("out"));
+  m.def("nn_search", &nn_search, noconvert("queries"), noconvert("gallery"), py::arg("dim"),
+        noconvert("exclude"), noconvert("index1"), noconvert("dist1"), noconvert("index2"),
+        noconvert("dist2"));
+  m.def("nn_vote", &nn_vote, noconvert("embeddings"), noconvert("gallery"), py::arg("dim"),
+        noconvert("gallery_labels"), py::arg("num_classes"), noconvert("exclude"),
+        py::arg("normalize"), noconvert("counts"), noconvert("embedding_sum"));
+  m.def("set_tile_sizes", &rgf::set_cpu_tile_sizes, py::arg("rows"), py::arg("gallery_rows"));
+  m.def("get_tile_sizes", []() {
+    int64_t r = 0, g = 0;
+    rgf::get_cpu_tile_sizes(&r, &g);
+    return py::make_tuple(r, g);
+  });
+  m.def("num_threads", &rgf::cpu_num_threads);
+  m.attr("cpu_arch") = RGF_CPU_ARCH_NAME;
+#ifdef _OPENMP
+  m.attr("openmp") = true;
+#else
+  m.attr("openmp") = false;
+#endif
+}

@@ -1,0 +1,106 @@
+// pybind11 bindings of the CUDA kernels (module retrievalguard_fast._cuda). Tensors arrive as raw
+// device pointers after retrievalguard_fast/_ops.py has checked dtype, shape, contiguity and
+// device; kernels run on the caller's stream (torch.cuda.current_stream()). The module links the
+// CUDA runtime statically and imports on machines with no GPU or driver.
+#include <cuda_runtime.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+
+#include "cuda/cuda_check.h"
+#include "cuda/nn_cuda.h"
+#include "cuda/noise_cuda.h"
+
+namespace py = pybind11;
+
+namespace {
+
+template <class T>
+T* ptr(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+cudaStream_t stream_of(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
+
+// Number of usable devices; 0 (not an error) when there is no driver or no GPU.
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver"/"no device" error
+    return 0;
+  }
+  return n;
+}
+
+int runtime_version() {
+  int v = 0;
+  cudaRuntimeGetVersion(&v);
+  return v;
+}
+
+int driver_version() {
+  int v = 0;
+  if (cudaDriverGetVersion(&v) != cudaSuccess) return 0;
+  return v;
+}
+
+void gaussian_noise(int device, uintptr_t stream, uintptr_t x, int64_t dim, float sigma, int64_t n,
+                    uint64_t seed, uint32_t noise_stream, uint64_t start, uintptr_t out,
+                    int out_dtype) {
+  py::gil_scoped_release release;
+  rgf::cuda_check(cudaSetDevice(device), "cudaSetDevice");
+  rgf::gaussian_noise_cuda(ptr<const float>(x), dim, sigma, n, seed, noise_stream, start,
+                           ptr<void>(out), static_cast<rgf::OutDType>(out_dtype), stream_of(stream));
+}
+
+void philox4x32(int device, uintptr_t stream, uintptr_t counters, uintptr_t keys, int64_t m,
+                uintptr_t out) {
+  py::gil_scoped_release release;
+  rgf::cuda_check(cudaSetDevice(device), "cudaSetDevice");
+  rgf::philox4x32_cuda(ptr<const uint32_t>(counters), ptr<const uint32_t>(keys), m,
+                       ptr<uint32_t>(out), stream_of(stream));
+}
+
+rgf::NNCudaProblem problem(int device, uintptr_t stream, uintptr_t queries, int64_t rows,
+                           uintptr_t gallery, int64_t gallery_rows, int64_t dim, uintptr_t exclude,
+                           bool normalize) {
+  return rgf::NNCudaProblem{device, stream_of(stream), ptr<const float>(queries), rows,
+                            ptr<const float>(gallery), gallery_rows, dim,
+                            exclude ? ptr<const int64_t>(exclude) : nullptr, normalize};
+}
+
+void nn_search(int device, uintptr_t stream, uintptr_t queries, int64_t rows, uintptr_t gallery,
+               int64_t gallery_rows, int64_t dim, uintptr_t exclude, uintptr_t index1,
+               uintptr_t dist1, uintptr_t index2, uintptr_t dist2, uintptr_t problems) {
+  py::gil_scoped_release release;
+  const auto p = problem(device, stream, queries, rows, gallery, gallery_rows, dim, exclude, false);
+  rgf::nn_search_cuda(p, ptr<int64_t>(index1), ptr<float>(dist1), ptr<int64_t>(index2),
+                      ptr<float>(dist2), ptr<int64_t>(problems));
+}
+
+void nn_vote(int device, uintptr_t stream, uintptr_t embeddings, int64_t rows, uintptr_t gallery,
+             int64_t gallery_rows, int64_t dim, uintptr_t gallery_labels, int64_t num_classes,
+             uintptr_t exclude, bool normalize, uintptr_t counts, uintptr_t embedding_sum,
+             uintptr_t problems) {
+  py::gil_scoped_release release;
+  const auto p = problem(device, stream, embeddings, rows, gallery, gallery_rows, dim, exclude,
+                         normalize);
+  rgf::nn_vote_cuda(p, ptr<const int64_t>(gallery_labels), num_classes, ptr<int64_t>(counts),
+                    ptr<double>(embedding_sum), ptr<int64_t>(problems));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "retrievalguard_fast CUDA kernels (use the wrappers in retrievalguard_fast)";
+  m.def("device_count", &device_count);
+  m.def("runtime_version", &runtime_version);
+  m.def("driver_version", &driver_version);
+  m.def("gaussian_noise", &gaussian_noise);
+  m.def("philox4x32", &philox4x32);
+  m.def("nn_search", &nn_search);
+  m.def("nn_vote", &nn_vote);
+  m.attr("num_problem_slots") = static_cast<int>(rgf::kNumProblemSlots);
+  m.attr("architectures") = RGF_CUDA_ARCHS;
+  m.attr("compiler_version") = RGF_CUDA_COMPILER_VERSION;
+}

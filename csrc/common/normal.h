@@ -1,0 +1,79 @@
+// Box-Muller transform of Philox bits to standard normals, written so host and device give the
+// same bits (see rgf_macros.h). Only explicit fmaf and non-contractible mul/add are used, and the
+// transcendental functions are our own polynomials (Cephes single-precision coefficients), since
+// libm and CUDA's logf/sinf/cosf differ in their last bits.
+#pragma once
+#include <cmath>
+
+#include "philox.h"
+
+namespace rgf {
+
+// Natural log for normal floats u in (0, 1]: u = m 2^e with m in [sqrt(1/2), sqrt(2)),
+// ln u = e ln 2 + ln(1 + x), x = m - 1 (exact by Sterbenz), the series in x is Cephes' logf
+// minimax polynomial; ln 2 is split in a short high part (exact times e) and a low part.
+// Max error about 1 ulp on (0, 1].
+RGF_HD float log_unit(float u) {
+  const uint32_t bits = float_as_uint(u);
+  int e = static_cast<int>(bits >> 23) - 126;                   // u = m 2^e, m in [0.5, 1)
+  const float m = uint_as_float((bits & 0x007FFFFFu) | 0x3F000000u);
+  const bool below = m < 0.70710678118654752f;                   // move m into [sqrt(.5), sqrt(2))
+  e = below ? e - 1 : e;
+  const float x = below ? RGF_FSUB(RGF_FADD(m, m), 1.0f) : RGF_FSUB(m, 1.0f);
+  const float z = RGF_FMUL(x, x);
+  float p = 7.0376836292e-2f;
+  p = fmaf(p, x, -1.1514610310e-1f);
+  p = fmaf(p, x, 1.1676998740e-1f);
+  p = fmaf(p, x, -1.2420140846e-1f);
+  p = fmaf(p, x, 1.4249322787e-1f);
+  p = fmaf(p, x, -1.6668057665e-1f);
+  p = fmaf(p, x, 2.0000714765e-1f);
+  p = fmaf(p, x, -2.4999993993e-1f);
+  p = fmaf(p, x, 3.3333331174e-1f);
+  const float fe = static_cast<float>(e);
+  float y = RGF_FMUL(RGF_FMUL(p, x), z);       // x^3 P(x)
+  y = fmaf(fe, -2.12194440e-4f, y);           // e * (ln 2 - 0.693359375)
+  y = fmaf(z, -0.5f, y);                      // - x^2 / 2
+  return fmaf(fe, 0.693359375f, RGF_FADD(x, y));
+}
+
+// sin and cos of the angle 2 pi b / 2^32. The reduction to the nearest quarter turn is done on
+// the integer, so it is exact: b = q 2^30 + r with |r| <= 2^29, angle = q pi/2 + t,
+// t = r 2 pi / 2^32 in [-pi/4, pi/4]; then Cephes' sinf/cosf polynomials on that interval.
+RGF_HD void sincos_turns(uint32_t b, float& s_out, float& c_out) {
+  const uint32_t q = (b + 0x20000000u) >> 30;               // nearest quarter turn, 0..3 (mod 4)
+  const int32_t r = static_cast<int32_t>(b - (q << 30));    // in [-2^29, 2^29)
+  const float t = RGF_FMUL(static_cast<float>(r), 1.46291807926715968e-9f);  // 2 pi / 2^32
+  const float z = RGF_FMUL(t, t);
+  const float ps = fmaf(fmaf(-1.9515295891e-4f, z, 8.3321608736e-3f), z, -1.6666654611e-1f);
+  const float s = fmaf(RGF_FMUL(ps, z), t, t);
+  const float pc =
+      fmaf(fmaf(2.443315711809948e-5f, z, -1.388731625493765e-3f), z, 4.166664568298827e-2f);
+  const float c = fmaf(RGF_FMUL(pc, z), z, fmaf(-0.5f, z, 1.0f));
+  // Rotate by q quarter turns: (sin, cos) of (q pi/2 + t).
+  const uint32_t qq = q & 3u;
+  s_out = qq == 0u ? s : (qq == 1u ? c : (qq == 2u ? -s : -c));
+  c_out = qq == 0u ? c : (qq == 1u ? -s : (qq == 2u ? -c : s));
+}
+
+// Two standard normals from two uniform words. u = (a + 1/2) 2^-32 is in (0, 1] (never 0, so
+// the log is finite); the radius sqrt(-2 ln u) is at most sqrt(66 ln 2) = 6.76, so the tails
+// beyond 6.76 sigma (probability 1.4e-11 per normal) are cut off.
+RGF_HD void box_muller(uint32_t a, uint32_t b, float& z0, float& z1) {
+  const float u = fmaf(static_cast<float>(a), 2.3283064365386963e-10f, 1.1641532182693481e-10f);
+  const float radius = sqrtf(RGF_FMUL(-2.0f, log_unit(u)));
+  float s, c;
+  sincos_turns(b, s, c);
+  z0 = RGF_FMUL(radius, c);
+  z1 = RGF_FMUL(radius, s);
+}
+
+// Four standard normals of one Philox block: (x, y) and (z, w) are Box-Muller pairs.
+RGF_HD void normal_block(uint64_t seed, uint32_t stream, uint64_t sample, uint32_t block,
+                         float out[4]) {
+  const Uint4 bits = noise_block_bits(seed, stream, sample, block);
+  box_muller(bits.x, bits.y, out[0], out[1]);
+  box_muller(bits.z, bits.w, out[2], out[3]);
+}
+
+}  // namespace rgf

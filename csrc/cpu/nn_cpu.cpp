@@ -1,0 +1,263 @@
+#include "nn_cpu.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include <cblas.h>  // scipy-openblas32: symbols carry the scipy_ prefix
+
+#include "../common/nn_math.h"
+
+namespace rgf {
+namespace {
+
+// normalize=False accepts rows of norm up to 1 + 1e-5 (float32 rounding of unit vectors).
+constexpr double kMaxUnnormalizedNorm2 = (1.0 + 1e-5) * (1.0 + 1e-5);
+
+std::atomic<int64_t> g_tile_rows{256};
+std::atomic<int64_t> g_tile_gallery{512};
+
+// Per-row quantities of the distance expansion (see nn_key / nn_distance).
+struct RowTerms {
+  std::vector<float> minus_two_scale;  // -2 s
+  std::vector<float> norm2;            // |q s|^2
+  std::vector<double> scale;           // s, in float64 for the embedding sum
+};
+
+// Sequential float64 sum of squares: the same order whatever the thread count.
+inline double sum_squares(const float* v, int64_t dim) {
+  double acc = 0.0;
+  for (int64_t j = 0; j < dim; ++j) acc += static_cast<double>(v[j]) * v[j];
+  return acc;
+}
+
+// First row index whose squared norm is not finite (NaN/inf values, or so large they overflow), or -1.
+int64_t first_bad_row(const std::vector<double>& norm2) {
+  for (size_t i = 0; i < norm2.size(); ++i)
+    if (!std::isfinite(static_cast<float>(norm2[i]))) return static_cast<int64_t>(i);
+  return -1;
+}
+
+std::vector<float> gallery_norms(const NNProblem& p, const char* op) {
+  std::vector<double> n2(p.gallery_rows);
+#pragma omp parallel for schedule(static) if (p.gallery_rows * p.dim > 65536)
+  for (int64_t i = 0; i < p.gallery_rows; ++i) n2[i] = sum_squares(p.gallery + i * p.dim, p.dim);
+  const int64_t bad = first_bad_row(n2);
+  if (bad >= 0)
+    throw std::invalid_argument(std::string(op) + ": gallery row " + std::to_string(bad) +
+                                " has non-finite values (or values too large for float32); "
+                                "expected finite embeddings");
+  return std::vector<float>(n2.begin(), n2.end());
+}
+
+RowTerms row_terms(const NNProblem& p, const char* op, const char* what, bool require_unit_ball) {
+  std::vector<double> n2(p.rows);
+#pragma omp parallel for schedule(static) if (p.rows * p.dim > 65536)
+  for (int64_t i = 0; i < p.rows; ++i) n2[i] = sum_squares(p.queries + i * p.dim, p.dim);
+  const int64_t bad = first_bad_row(n2);
+  if (bad >= 0)
+    throw std::invalid_argument(std::string(op) + ": " + what + " row " + std::to_string(bad) +
+                                " has non-finite values (or values too large for float32); "
+                                "expected finite values");
+  if (require_unit_ball && !p.normalize) {
+    // Without normalisation the rows must already lie in the unit ball: the certificates assume
+    // |f| <= 1 and the fixed-point embedding sum is sized for it.
+    for (int64_t i = 0; i < p.rows; ++i)
+      if (n2[i] > kMaxUnnormalizedNorm2)
+        throw std::invalid_argument(std::string(op) + ": " + what + " row " + std::to_string(i) +
+                                    " has l2 norm " + std::to_string(std::sqrt(n2[i])) +
+                                    " > 1; with normalize=False rows must have norm <= 1 "
+                                    "(pass normalize=True to normalise them)");
+  }
+  RowTerms t;
+  t.minus_two_scale.resize(p.rows);
+  t.norm2.resize(p.rows);
+  t.scale.resize(p.rows);
+  for (int64_t i = 0; i < p.rows; ++i) {
+    const double s = row_scale(n2[i], p.normalize);
+    t.scale[i] = s;
+    t.minus_two_scale[i] = static_cast<float>(-2.0 * s);
+    t.norm2[i] = static_cast<float>(n2[i] * s * s);
+  }
+  return t;
+}
+
+// Epilogue of one tile row: `dots` holds q.g for gallery rows [g0, g0 + width); it is
+// overwritten with the ranking keys. `skip` is the excluded index relative to g0 (or outside).
+inline void tile_row_update(float* dots, const float* gn, int64_t width, int64_t g0,
+                            float minus_two_scale, int64_t skip, Top1& top) {
+  float best = INFINITY;
+#pragma omp simd reduction(min : best)
+  for (int64_t j = 0; j < width; ++j) {
+    const float key = nn_key(minus_two_scale, dots[j], gn[j]);
+    dots[j] = key;
+    best = std::min(best, key);
+  }
+  if (skip >= 0 && skip < width) {
+    dots[skip] = INFINITY;
+    best = INFINITY;
+#pragma omp simd reduction(min : best)
+    for (int64_t j = 0; j < width; ++j) best = std::min(best, dots[j]);
+  }
+  if (!(best <= top.d1)) return;  // cannot improve (ties are decided by index below)
+  for (int64_t j = 0; j < width; ++j) {
+    if (dots[j] == best) {  // first index attaining the minimum
+      nn_push(top, best, g0 + j);
+      return;
+    }
+  }
+}
+
+inline void tile_row_update(float* dots, const float* gn, int64_t width, int64_t g0,
+                            float minus_two_scale, int64_t skip, Top2& top) {
+#pragma omp simd
+  for (int64_t j = 0; j < width; ++j) dots[j] = nn_key(minus_two_scale, dots[j], gn[j]);
+  if (skip >= 0 && skip < width) dots[skip] = INFINITY;
+  for (int64_t j = 0; j < width; ++j) {
+    if (dots[j] <= top.d2) nn_push(top, dots[j], g0 + j);  // most candidates fail this test
+  }
+}
+
+// Runs the tiled search and returns one Top per query row. Work is split into tasks of
+// (row block, gallery segment); the gallery is split into segments only when there are too
+// few row blocks to occupy every thread. Results are merged in segment order.
+template <class Top>
+std::vector<Top> tiled_search(const NNProblem& p, const RowTerms& rt, const std::vector<float>& gn) {
+  const int64_t tile_rows = g_tile_rows.load();
+  const int64_t tile_gallery = g_tile_gallery.load();
+  const int64_t row_blocks = (p.rows + tile_rows - 1) / tile_rows;
+  const int64_t gallery_tiles = (p.gallery_rows + tile_gallery - 1) / tile_gallery;
+  const int64_t threads = cpu_num_threads();
+  int64_t segments = 1;
+  if (row_blocks < 2 * threads)
+    segments = std::min(gallery_tiles, (2 * threads + row_blocks - 1) / row_blocks);
+  const int64_t tiles_per_segment = (gallery_tiles + segments - 1) / segments;
+  segments = (gallery_tiles + tiles_per_segment - 1) / tiles_per_segment;
+
+  std::vector<Top> partial(static_cast<size_t>(segments * p.rows));
+  const int64_t tasks = row_blocks * segments;
+  const bool parallel = tasks > 1 && p.rows * p.gallery_rows * p.dim > (int64_t{1} << 18);
+
+#pragma omp parallel if (parallel)
+  {
+    std::vector<float> buffer(static_cast<size_t>(tile_rows * tile_gallery));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t rb = task / segments, seg = task % segments;
+      const int64_t r0 = rb * tile_rows, r1 = std::min(p.rows, r0 + tile_rows);
+      const int64_t s0 = seg * tiles_per_segment * tile_gallery;
+      const int64_t s1 = std::min(p.gallery_rows, s0 + tiles_per_segment * tile_gallery);
+      Top* top = partial.data() + seg * p.rows;
+      for (int64_t r = r0; r < r1; ++r) {
+        if constexpr (sizeof(Top) == sizeof(Top1)) top[r] = top1_empty();
+        else top[r] = top2_empty();
+      }
+      for (int64_t g0 = s0; g0 < s1; g0 += tile_gallery) {
+        const int64_t width = std::min(tile_gallery, s1 - g0);
+        // buffer[r, j] = q_r . g_(g0 + j)
+        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(r1 - r0),
+                          static_cast<blasint>(width), static_cast<blasint>(p.dim), 1.0f,
+                          p.queries + r0 * p.dim, static_cast<blasint>(p.dim),
+                          p.gallery + g0 * p.dim, static_cast<blasint>(p.dim), 0.0f,
+                          buffer.data(), static_cast<blasint>(width));
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t skip = p.exclude != nullptr && p.exclude[r] >= 0 ? p.exclude[r] - g0 : -1;
+          tile_row_update(buffer.data() + (r - r0) * width, gn.data() + g0, width, g0,
+                          rt.minus_two_scale[r], skip, top[r]);
+        }
+      }
+    }
+  }
+  std::vector<Top> result(partial.begin(), partial.begin() + p.rows);
+  for (int64_t seg = 1; seg < segments; ++seg)
+    for (int64_t r = 0; r < p.rows; ++r) nn_merge(result[r], partial[seg * p.rows + r]);
+  return result;
+}
+
+struct OpenBlasSingleThreaded {
+  // Our own OpenMP threads call sgemm concurrently on separate tiles; OpenBLAS must not spawn
+  // threads of its own inside each call. This OpenBLAS copy (scipy-openblas32) is ours alone.
+  OpenBlasSingleThreaded() { scipy_openblas_set_num_threads(1); }
+};
+const OpenBlasSingleThreaded g_openblas_single_threaded;
+
+}  // namespace
+
+int cpu_num_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+void set_cpu_tile_sizes(int64_t rows, int64_t gallery_rows) {
+  if (rows < 1 || gallery_rows < 1)
+    throw std::invalid_argument("set_cpu_tile_sizes: rows and gallery_rows must be >= 1");
+  g_tile_rows = rows;
+  g_tile_gallery = gallery_rows;
+}
+
+void get_cpu_tile_sizes(int64_t* rows, int64_t* gallery_rows) {
+  *rows = g_tile_rows.load();
+  *gallery_rows = g_tile_gallery.load();
+}
+
+void nn_search_cpu(const NNProblem& p, int64_t* index1, float* dist1, int64_t* index2,
+                   float* dist2) {
+  const std::vector<float> gn = gallery_norms(p, "nn_search");
+  const RowTerms rt = row_terms(p, "nn_search", "queries", false);
+  const std::vector<Top2> top = tiled_search<Top2>(p, rt, gn);
+  for (int64_t r = 0; r < p.rows; ++r) {
+    index1[r] = nn_index_out(top[r].i1);
+    index2[r] = nn_index_out(top[r].i2);
+    dist1[r] = top[r].i1 == kNoIndex ? INFINITY : nn_distance(rt.norm2[r], top[r].d1);
+    dist2[r] = top[r].i2 == kNoIndex ? INFINITY : nn_distance(rt.norm2[r], top[r].d2);
+  }
+}
+
+void nn_vote_cpu(const NNProblem& p, const int64_t* gallery_labels, int64_t num_classes,
+                 int64_t* counts, double* embedding_sum) {
+  for (int64_t i = 0; i < p.gallery_rows; ++i) {
+    if (gallery_labels[i] < 0 || gallery_labels[i] >= num_classes)
+      throw std::invalid_argument("nn_vote: gallery_labels[" + std::to_string(i) + "] = " +
+                                  std::to_string(gallery_labels[i]) + " is outside [0, num_classes=" +
+                                  std::to_string(num_classes) + ")");
+  }
+  const std::vector<float> gn = gallery_norms(p, "nn_vote");
+  const RowTerms rt = row_terms(p, "nn_vote", "embeddings", true);
+  const std::vector<Top1> top = tiled_search<Top1>(p, rt, gn);
+
+  std::fill(counts, counts + num_classes, int64_t{0});
+  for (int64_t r = 0; r < p.rows; ++r) {
+    if (top[r].i1 == kNoIndex)
+      throw std::invalid_argument("nn_vote: embeddings row " + std::to_string(r) +
+                                  " has no gallery row to vote for (the only one is excluded)");
+    ++counts[gallery_labels[top[r].i1]];
+  }
+
+  // Exact fixed-point sum of the scaled rows; integer addition makes the order irrelevant.
+  std::vector<int64_t> fixed_sum(p.dim, 0);
+#pragma omp parallel if (p.rows * p.dim > 65536)
+  {
+    std::vector<int64_t> local(p.dim, 0);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < p.rows; ++r) {
+      const float* e = p.queries + r * p.dim;
+      const double s = rt.scale[r];
+      for (int64_t j = 0; j < p.dim; ++j) local[j] += to_fixed(static_cast<double>(e[j]) * s);
+    }
+#pragma omp critical
+    for (int64_t j = 0; j < p.dim; ++j) fixed_sum[j] += local[j];
+  }
+  for (int64_t j = 0; j < p.dim; ++j) embedding_sum[j] = static_cast<double>(fixed_sum[j]) * kFixedUnit;
+}
+
+}  // namespace rgf

@@ -1,0 +1,124 @@
+"""Loading the compiled modules and saying what they offer.
+
+``_core`` (CPU kernels) is always built. ``_cuda`` exists only when the package was built with a
+CUDA compiler; it links the CUDA runtime statically, so it imports on machines without a GPU or
+driver and then reports no device.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+
+def _preload_openblas() -> str:
+    """Load scipy-openblas32's library globally so ``_core`` finds it under its soname.
+
+    ``_core`` also carries an rpath to that library; loading it by path here makes the import
+    work whatever the install layout (editable installs, --target directories).
+    """
+    import scipy_openblas32
+
+    candidates = sorted(glob.glob(os.path.join(scipy_openblas32.get_lib_dir(), "libscipy_openblas*")))
+    if not candidates:
+        raise ImportError(
+            "retrievalguard_fast: the scipy-openblas32 package has no library in "
+            f"{scipy_openblas32.get_lib_dir()}; reinstall it (pip install --force-reinstall scipy-openblas32)"
+        )
+    ctypes.CDLL(candidates[0], mode=ctypes.RTLD_GLOBAL)
+    return candidates[0]
+
+
+_OPENBLAS_PATH = _preload_openblas()
+
+from . import _core  # noqa: E402  (needs the library loaded above)
+
+try:
+    from . import _cuda  # type: ignore[attr-defined]
+except ImportError:  # built without a CUDA compiler
+    _cuda = None
+
+
+def cuda_module():
+    """The compiled CUDA module, or None when the package was built without CUDA."""
+    return _cuda
+
+
+def has_cuda() -> bool:
+    """True when the CUDA backend was compiled in *and* a usable GPU and driver are present."""
+    if _cuda is None:
+        return False
+    try:
+        return _cuda.device_count() > 0
+    except RuntimeError:
+        return False
+
+
+def build_info() -> dict:
+    """What was compiled in, and what this machine offers to it."""
+    info = {
+        "cpu": {
+            "openmp": bool(_core.openmp),
+            "threads": int(_core.num_threads()),
+            "march": str(_core.cpu_arch),
+            "blas": "OpenBLAS (scipy-openblas32) " + _openblas_version(),
+            "blas_library": _OPENBLAS_PATH,
+            "tile_sizes": tuple(_core.get_tile_sizes()),
+        },
+        "cuda": {"compiled": _cuda is not None},
+    }
+    if _cuda is not None:
+        info["cuda"].update(
+            architectures=str(_cuda.architectures),
+            compiler_version=str(_cuda.compiler_version),
+            runtime_version=int(_cuda.runtime_version()),
+            driver_version=int(_cuda.driver_version()),
+            device_count=int(_cuda.device_count()),
+        )
+    info["has_cuda"] = has_cuda()
+    return info
+
+
+def _openblas_version() -> str:
+    try:
+        import scipy_openblas32
+
+        return str(scipy_openblas32.__version__)
+    except Exception:  # pragma: no cover - informational only
+        return "unknown"
+
+
+def set_cpu_tile_sizes(rows: int, gallery_rows: int) -> None:
+    """Set the CPU kernels' tile shape (query rows x gallery rows per sgemm call).
+
+    Results do not depend on it (ties go to the lower index); only speed does. Tests shrink it
+    so that small inputs run the tiled code paths that large ones use.
+    """
+    _core.set_tile_sizes(int(rows), int(gallery_rows))
+
+
+def get_cpu_tile_sizes() -> tuple:
+    return tuple(_core.get_tile_sizes())
+
+
+@contextmanager
+def cpu_tile_sizes(rows: int, gallery_rows: int) -> Iterator[None]:
+    """Temporarily use another CPU tile shape (see :func:`set_cpu_tile_sizes`)."""
+    old = get_cpu_tile_sizes()
+    set_cpu_tile_sizes(rows, gallery_rows)
+    try:
+        yield
+    finally:
+        set_cpu_tile_sizes(*old)
+
+
+def _require_cuda_module(op: str, device: Optional[object] = None):
+    if _cuda is None:
+        raise RuntimeError(
+            f"{op}: got CUDA tensors (device {device}), but retrievalguard_fast was built without "
+            "CUDA; reinstall it on a machine where CMake finds nvcc"
+        )
+    return _cuda
