@@ -40,7 +40,16 @@ RGF_HD float log_unit(float u) {
 // sin and cos of the angle 2 pi b / 2^32. The reduction to the nearest quarter turn is done on
 // the integer, so it is exact: b = q 2^30 + r with |r| <= 2^29, angle = q pi/2 + t,
 // t = r 2 pi / 2^32 in [-pi/4, pi/4]; then Cephes' sinf/cosf polynomials on that interval.
-RGF_HD void sincos_turns(uint32_t b, float& s_out, float& c_out) {
+struct Float2 {
+  float first, second;
+};
+struct Float4 {
+  float x, y, z, w;
+};
+
+// Returns (sin, cos). Values are returned, not written through pointers, so the CPU loop over
+// blocks vectorises.
+RGF_HD Float2 sincos_turns(uint32_t b) {
   const uint32_t q = (b + 0x20000000u) >> 30;               // nearest quarter turn, 0..3 (mod 4)
   const int32_t r = static_cast<int32_t>(b - (q << 30));    // in [-2^29, 2^29)
   const float t = RGF_FMUL(static_cast<float>(r), 1.46291807926715968e-9f);  // 2 pi / 2^32
@@ -52,28 +61,27 @@ RGF_HD void sincos_turns(uint32_t b, float& s_out, float& c_out) {
   const float c = fmaf(RGF_FMUL(pc, z), z, fmaf(-0.5f, z, 1.0f));
   // Rotate by q quarter turns: (sin, cos) of (q pi/2 + t).
   const uint32_t qq = q & 3u;
-  s_out = qq == 0u ? s : (qq == 1u ? c : (qq == 2u ? -s : -c));
-  c_out = qq == 0u ? c : (qq == 1u ? -s : (qq == 2u ? -c : s));
+  const float sin_out = qq == 0u ? s : (qq == 1u ? c : (qq == 2u ? -s : -c));
+  const float cos_out = qq == 0u ? c : (qq == 1u ? -s : (qq == 2u ? -c : s));
+  return Float2{sin_out, cos_out};
 }
 
 // Two standard normals from two uniform words. u = (a + 1/2) 2^-32 is in (0, 1] (never 0, so
 // the log is finite); the radius sqrt(-2 ln u) is at most sqrt(66 ln 2) = 6.76, so the tails
 // beyond 6.76 sigma (probability 1.4e-11 per normal) are cut off.
-RGF_HD void box_muller(uint32_t a, uint32_t b, float& z0, float& z1) {
+RGF_HD Float2 box_muller(uint32_t a, uint32_t b) {
   const float u = fmaf(static_cast<float>(a), 2.3283064365386963e-10f, 1.1641532182693481e-10f);
   const float radius = sqrtf(RGF_FMUL(-2.0f, log_unit(u)));
-  float s, c;
-  sincos_turns(b, s, c);
-  z0 = RGF_FMUL(radius, c);
-  z1 = RGF_FMUL(radius, s);
+  const Float2 sc = sincos_turns(b);
+  return Float2{RGF_FMUL(radius, sc.second), RGF_FMUL(radius, sc.first)};  // (r cos, r sin)
 }
 
 // Four standard normals of one Philox block: (x, y) and (z, w) are Box-Muller pairs.
-RGF_HD void normal_block(uint64_t seed, uint32_t stream, uint64_t sample, uint32_t block,
-                         float out[4]) {
+RGF_HD Float4 normal_block(uint64_t seed, uint32_t stream, uint64_t sample, uint32_t block) {
   const Uint4 bits = noise_block_bits(seed, stream, sample, block);
-  box_muller(bits.x, bits.y, out[0], out[1]);
-  box_muller(bits.z, bits.w, out[2], out[3]);
+  const Float2 p = box_muller(bits.x, bits.y);
+  const Float2 q = box_muller(bits.z, bits.w);
+  return Float4{p.first, p.second, q.first, q.second};
 }
 
 }  // namespace rgf

@@ -14,9 +14,11 @@ inline void fill_full_blocks(const float* x, float sigma, uint64_t seed, uint32_
                              uint64_t sample, int64_t b0, int64_t b1, float* out) {
 #pragma omp simd
   for (int64_t b = b0; b < b1; ++b) {
-    float z[4];
-    normal_block(seed, stream, sample, static_cast<uint32_t>(b), z);
-    for (int l = 0; l < 4; ++l) out[4 * b + l] = fmaf(sigma, z[l], x[4 * b + l]);
+    const Float4 z = normal_block(seed, stream, sample, static_cast<uint32_t>(b));
+    out[4 * b + 0] = fmaf(sigma, z.x, x[4 * b + 0]);
+    out[4 * b + 1] = fmaf(sigma, z.y, x[4 * b + 1]);
+    out[4 * b + 2] = fmaf(sigma, z.z, x[4 * b + 2]);
+    out[4 * b + 3] = fmaf(sigma, z.w, x[4 * b + 3]);
   }
 }
 
@@ -24,8 +26,8 @@ inline void fill_tail(const float* x, int64_t dim, float sigma, uint64_t seed, u
                       uint64_t sample, float* out) {
   const int64_t b = dim / 4;
   if (4 * b == dim) return;
-  float z[4];
-  normal_block(seed, stream, sample, static_cast<uint32_t>(b), z);
+  const Float4 block = normal_block(seed, stream, sample, static_cast<uint32_t>(b));
+  const float z[4] = {block.x, block.y, block.z, block.w};
   for (int64_t j = 4 * b; j < dim; ++j) out[j] = fmaf(sigma, z[j - 4 * b], x[j]);
 }
 

@@ -31,8 +31,8 @@ __global__ void gaussian_noise_kernel(const float* __restrict__ x, int64_t dim, 
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i = t / blocks_per_sample;
     const int64_t b = t - i * blocks_per_sample;
-    float z[4];
-    normal_block(seed, stream, start + static_cast<uint64_t>(i), static_cast<uint32_t>(b), z);
+    const Float4 block = normal_block(seed, stream, start + static_cast<uint64_t>(i), static_cast<uint32_t>(b));
+    const float z[4] = {block.x, block.y, block.z, block.w};
     T* row = out + i * dim;
 #pragma unroll
     for (int l = 0; l < 4; ++l) {
