@@ -93,9 +93,12 @@ def _as_array(op: str, name: str, a: Any) -> Any:
     if _is_tensor(a) or isinstance(a, np.ndarray):
         return a
     try:
-        return np.asarray(a)
+        arr = np.asarray(a)
     except Exception as exc:  # noqa: BLE001 - report what was wrong with the argument
         raise TypeError(f"{op}: {name} must be a numpy array or torch tensor, got {type(a).__name__}") from exc
+    if arr.dtype.kind not in "biufc":
+        raise TypeError(f"{op}: {name} must be a numeric numpy array or torch tensor, got {type(a).__name__} of dtype {arr.dtype}")
+    return arr
 
 
 def _float32(op: str, name: str, a: Any, ndim: Optional[int] = None) -> Any:

@@ -27,8 +27,13 @@ struct Top2 {
   int64_t i2;
 };
 
-RGF_HD Top1 top1_empty() { return Top1{INFINITY, kNoIndex}; }
-RGF_HD Top2 top2_empty() { return Top2{INFINITY, kNoIndex, INFINITY, kNoIndex}; }
+// The empty result of either kind: nn_empty<Top1>() / nn_empty<Top2>().
+template <class Top>
+RGF_HD Top nn_empty();
+template <>
+RGF_HD Top1 nn_empty<Top1>() { return Top1{INFINITY, kNoIndex}; }
+template <>
+RGF_HD Top2 nn_empty<Top2>() { return Top2{INFINITY, kNoIndex, INFINITY, kNoIndex}; }
 
 RGF_HD void nn_push(Top1& t, float d, int64_t i) {
   if (nn_before(d, i, t.d1, t.i1)) {

@@ -108,7 +108,7 @@ inline void tile_row_update(float* dots, const float* gn, int64_t width, int64_t
   }
   if (!(best <= top.d1)) return;  // cannot improve (ties are decided by index below)
   for (int64_t j = 0; j < width; ++j) {
-    if (dots[j] == best) {  // first index attaining the minimum
+    if (dots[j] == best && j != skip) {  // first index attaining the minimum
       nn_push(top, best, g0 + j);
       return;
     }
@@ -121,7 +121,8 @@ inline void tile_row_update(float* dots, const float* gn, int64_t width, int64_t
   for (int64_t j = 0; j < width; ++j) dots[j] = nn_key(minus_two_scale, dots[j], gn[j]);
   if (skip >= 0 && skip < width) dots[skip] = INFINITY;
   for (int64_t j = 0; j < width; ++j) {
-    if (dots[j] <= top.d2) nn_push(top, dots[j], g0 + j);  // most candidates fail this test
+    // Most candidates fail the first test; the excluded one never enters.
+    if (dots[j] <= top.d2 && j != skip) nn_push(top, dots[j], g0 + j);
   }
 }
 
@@ -132,6 +133,7 @@ template <class Top>
 std::vector<Top> tiled_search(const NNProblem& p, const RowTerms& rt, const std::vector<float>& gn) {
   const int64_t tile_rows = g_tile_rows.load();
   const int64_t tile_gallery = g_tile_gallery.load();
+  if (p.rows == 0 || p.gallery_rows == 0) return std::vector<Top>(p.rows, nn_empty<Top>());
   const int64_t row_blocks = (p.rows + tile_rows - 1) / tile_rows;
   const int64_t gallery_tiles = (p.gallery_rows + tile_gallery - 1) / tile_gallery;
   const int64_t threads = cpu_num_threads();
@@ -155,10 +157,7 @@ std::vector<Top> tiled_search(const NNProblem& p, const RowTerms& rt, const std:
       const int64_t s0 = seg * tiles_per_segment * tile_gallery;
       const int64_t s1 = std::min(p.gallery_rows, s0 + tiles_per_segment * tile_gallery);
       Top* top = partial.data() + seg * p.rows;
-      for (int64_t r = r0; r < r1; ++r) {
-        if constexpr (sizeof(Top) == sizeof(Top1)) top[r] = top1_empty();
-        else top[r] = top2_empty();
-      }
+      for (int64_t r = r0; r < r1; ++r) top[r] = nn_empty<Top>();
       for (int64_t g0 = s0; g0 < s1; g0 += tile_gallery) {
         const int64_t width = std::min(tile_gallery, s1 - g0);
         // buffer[r, j] = q_r . g_(g0 + j)

@@ -85,13 +85,6 @@ __device__ __forceinline__ void shfl_merge(Top2& t, unsigned mask, int offset) {
   nn_merge(t, o);
 }
 
-template <class Top>
-__device__ __forceinline__ Top empty_top();
-template <>
-__device__ __forceinline__ Top1 empty_top<Top1>() { return top1_empty(); }
-template <>
-__device__ __forceinline__ Top2 empty_top<Top2>() { return top2_empty(); }
-
 // grid = (row blocks, gallery segments). Each block sweeps the gallery tiles of its segment
 // and writes one partial Top per row to partial[segment * rows + row].
 template <class Top>
@@ -114,7 +107,7 @@ nn_tiles_kernel(const float* __restrict__ queries, int64_t rows, const float* __
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int64_t r = row0 + ty + 16 * i;
-    top[i] = empty_top<Top>();
+    top[i] = nn_empty<Top>();
     row_m2s[i] = r < rows ? m2s[r] : NAN;
     row_skip[i] = (r < rows && exclude != nullptr) ? exclude[r] : -1;
   }
