@@ -114,6 +114,7 @@ PYBIND11_MODULE(_core, m) {
   });
   m.def("num_threads", &rgf::cpu_num_threads);
   m.attr("cpu_arch") = RGF_CPU_ARCH_NAME;
+  m.attr("kernel_abi") = 1;  // must equal retrievalguard_fast._backend.KERNEL_ABI
 #ifdef _OPENMP
   m.attr("openmp") = true;
 #else

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import sys
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
@@ -34,7 +35,40 @@ def _preload_openblas() -> str:
 
 _OPENBLAS_PATH = _preload_openblas()
 
-from . import _core  # noqa: E402  (needs the library loaded above)
+# Bump with any change to the compiled modules' functions; checked at import so that Python code
+# and compiled modules of different versions are never mixed.
+KERNEL_ABI = 1
+
+
+def _find_installed_build() -> Optional[str]:
+    """The folder of an installed copy's compiled modules, when this package is imported from a
+    source checkout (the current directory shadows site-packages, e.g. `python -m ...` in the
+    repository root). The source tree itself holds no compiled modules."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for entry in sys.path:
+        candidate = os.path.join(os.path.abspath(entry or "."), "retrievalguard_fast")
+        if candidate != here and glob.glob(os.path.join(candidate, "_core.*")):
+            return candidate
+    return None
+
+
+try:
+    from . import _core  # noqa: E402  (needs the library loaded above)
+except ImportError:
+    _installed = _find_installed_build()
+    if _installed is None:
+        raise ImportError(
+            "retrievalguard_fast: the compiled module _core is missing; install the package "
+            "(pip install .) rather than importing the source tree"
+        ) from None
+    sys.modules[__package__].__path__.append(_installed)  # type: ignore[attr-defined]
+    from . import _core  # noqa: E402
+
+if getattr(_core, "kernel_abi", None) != KERNEL_ABI:
+    raise ImportError(
+        f"retrievalguard_fast: compiled module {_core.__file__} is of another version "
+        f"(kernel ABI {getattr(_core, 'kernel_abi', None)}, expected {KERNEL_ABI}); reinstall: pip install ."
+    )
 
 try:
     from . import _cuda  # type: ignore[attr-defined]
