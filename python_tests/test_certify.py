@@ -1,0 +1,243 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import retrievalguard_fast as rgf
+from retrievalguard_fast.certificates import soft_radii
+from retrievalguard_fast.gallery import Gallery
+from retrievalguard_fast.smoothing import SmoothedRetriever, summarize
+from retrievalguard_fast.stats import mean_embedding_deviation
+from conftest import requires_cuda
+
+
+class SignModel(torch.nn.Module):
+    """1-d embedding sign(w.x + b): with the gallery {+1 (label 0), -1 (label 1)} both smoothed
+    models predict label 0 exactly when w.x + b > 0, so the true robust radius is |w.x + b|/|w|."""
+
+    def __init__(self, w, b):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.as_tensor(w, dtype=torch.float32), requires_grad=False)
+        self.b = float(b)
+
+    def forward(self, x):
+        return torch.sign(x.flatten(1) @ self.w + self.b)[:, None]
+
+
+def sign_setup(true_radius, sigma, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(4)
+    b = 0.3
+    direction = w / np.linalg.norm(w)
+    x0 = -b * direction / np.linalg.norm(w)  # on the boundary
+    x = (x0 + true_radius * direction).astype(np.float32)[None, :]
+    gallery = Gallery(np.array([[1.0], [-1.0]], np.float32), np.array([0, 1]))
+    return SignModel(w, b), gallery, x
+
+
+def test_exact_answer_is_approached_from_below_with_many_samples():
+    sigma, true_radius = 0.5, 1.0  # two sigma from the boundary: p_A = Phi(2)
+    model, gallery, x = sign_setup(true_radius, sigma)
+    retriever = SmoothedRetriever(model, gallery, sigma, batch_size=100_000, seed=1)
+    (c,) = retriever.certify(x, [0], n0=100, n=1_000_000, alpha=0.001)
+    assert c.clean_prediction == c.vote_prediction == c.soft_prediction == 0
+    assert 0.97 * true_radius <= c.vote_radius <= true_radius
+    assert 0.95 * true_radius <= c.soft_gaussian_radius <= true_radius
+    assert c.soft_lipschitz_radius < 0.7 * true_radius  # strictly (and much) smaller
+    # The Lipschitz radius is exactly sigma sqrt(pi/2) (2 p_hat - 1 - t) here.
+    p_hat = c.vote_count / c.vote_n
+    assert c.soft_lipschitz_radius == pytest.approx(sigma * math.sqrt(math.pi / 2) * (2 * p_hat - 1 - c.soft_deviation), abs=5e-3)
+
+
+def test_certified_radii_exceed_the_truth_at_most_alpha_of_the_time():
+    sigma, true_radius, alpha, seeds = 0.5, 0.5, 0.05, 300
+    model, gallery, x = sign_setup(true_radius, sigma)
+    over_vote = over_gauss = over_lip = 0
+    for seed in range(seeds):
+        (c,) = SmoothedRetriever(model, gallery, sigma, batch_size=500, seed=seed).certify(x, [0], n0=10, n=200, alpha=alpha)
+        over_vote += (c.vote_radius or 0) > true_radius
+        over_gauss += (c.soft_gaussian_radius or 0) > true_radius
+        over_lip += (c.soft_lipschitz_radius or 0) > true_radius
+    print(f"\nradius above the truth in {over_vote}/{seeds} (vote), {over_gauss}/{seeds} (gaussian), "
+          f"{over_lip}/{seeds} (lipschitz) runs; alpha = {alpha}")
+    assert over_vote <= alpha * seeds and over_gauss <= alpha * seeds and over_lip <= alpha * seeds
+
+
+def random_unit(rng, rows, dim):
+    v = rng.standard_normal((rows, dim))
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_soft_radii_invariants_on_random_galleries():
+    rng = np.random.default_rng(3)
+    for trial in range(30):
+        g = random_unit(rng, 60, 8)
+        labels = rng.integers(0, 5, 60)
+        anchor = g[rng.integers(0, 60)]
+        f = 0.9 * anchor + 0.05 * random_unit(rng, 1, 8)[0]
+        label = labels[np.argmin(((g - f) ** 2).sum(1))]
+        n2 = (g**2).sum(1)
+        radii = [soft_radii(f, mean_embedding_deviation(n, 0.001, 8), g, n2, labels, label, 0.25, ks=(1, 3))
+                 for n in (1000, 10_000, 100_000, 1_000_000)]
+        for r in radii:
+            assert r.gaussian >= r.lipschitz - 1e-12
+            assert r.gaussian_at_k[1] == r.gaussian
+            assert r.gaussian_at_k[3] >= r.gaussian_at_k[1]  # Recall@3 is easier to keep
+        assert all(a.gaussian <= b.gaussian and a.lipschitz <= b.lipschitz for a, b in zip(radii, radii[1:]))
+
+
+def test_soft_radii_exclusion_and_degenerate_galleries():
+    g = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    n2 = (g**2).sum(1)
+    f = np.array([0.9, 0.1])
+    # Row 2 duplicates row 0 with another label: the pair can never be separated.
+    r = soft_radii(f, 0.01, g, n2, np.array([0, 1, 2]), 0, 0.5)
+    assert r.gaussian == -math.inf
+    # Excluding the duplicate restores a positive radius.
+    r = soft_radii(f, 0.01, g, n2, np.array([0, 1, 2]), 0, 0.5, exclude=2)
+    assert r.gaussian > 0
+    # Only positives left: certified everywhere.
+    assert soft_radii(f, 0.01, g, n2, np.array([0, 1, 0]), 0, 0.5, exclude=1).gaussian == math.inf
+    # No positive: never certified.
+    assert soft_radii(f, 0.01, g, n2, np.array([1, 1, 1]), 0, 0.5).gaussian == -math.inf
+
+
+@pytest.fixture(scope="module")
+def digits_setup():
+    from retrievalguard_fast.digits import DigitsEmbeddingNet, load_digits_split
+    from retrievalguard_fast.training import train_embedding_model
+
+    torch.manual_seed(0)
+    data = load_digits_split(seed=0)
+    model = train_embedding_model(DigitsEmbeddingNet(), data.gallery_x, data.gallery_y, sigma=0.25, epochs=15, seed=0)
+    gallery = Gallery.from_model(model, data.gallery_x, data.gallery_y)
+    return model, gallery, data
+
+
+def test_batch_size_never_changes_a_result(digits_setup):
+    model, gallery, data = digits_setup
+    q, y = data.query_x[:4], data.query_y[:4]
+    results = []
+    for batch_size in (97, 1000, 4100):
+        certs = SmoothedRetriever(model, gallery, 0.25, batch_size=batch_size, seed=7).certify(q, y, n0=50, n=1000, ks=(1, 5))
+        results.append([{k: v for k, v in c.to_dict().items() if k != "seconds"} for c in certs])
+    assert results[0] == results[1] == results[2]
+
+
+def test_stream_indices_make_a_query_independent_of_its_neighbours(digits_setup):
+    model, gallery, data = digits_setup
+    r = SmoothedRetriever(model, gallery, 0.25, batch_size=300, seed=3)
+    together = r.certify(data.query_x[:3], data.query_y[:3], n0=20, n=500)
+    alone = r.certify(data.query_x[2:3], data.query_y[2:3], indices=[2], n0=20, n=500)
+    strip = lambda c: {k: v for k, v in c.to_dict().items() if k != "seconds"}  # noqa: E731
+    assert strip(together[2]) == strip(alone[0])
+
+
+def test_leave_one_out_excludes_the_query_itself(digits_setup):
+    model, gallery, data = digits_setup
+    r = SmoothedRetriever(model, gallery, 0.25, batch_size=1000)
+    x = data.gallery_x[:3]
+    without = r.certify(x, data.gallery_y[:3], exclude=[0, 1, 2], n0=20, n=300)
+    with_self = r.certify(x, data.gallery_y[:3], n0=20, n=300)
+    # With itself in the gallery the clean query is its own nearest neighbour (distance 0)...
+    assert [c.clean_prediction for c in with_self] == list(data.gallery_y[:3])
+    # ...and the radii of the soft model cannot be larger once that row is excluded.
+    for a, b in zip(without, with_self):
+        assert (a.soft_gaussian_radius or 0) <= (b.soft_gaussian_radius or 0) + 1e-12
+
+
+def test_summary_of_a_digits_run(digits_setup):
+    model, gallery, data = digits_setup
+    certs = SmoothedRetriever(model, gallery, 0.25, batch_size=2000).certify(data.query_x[:30], data.query_y[:30], n0=50, n=2000)
+    s = summarize(certs, [0.0, 0.25, 0.5], ks=(1,))
+    assert s["num_queries"] == 30 and s["clean_recall_at_1"] > 0.8
+    vote = s["certified_recall_at_1"]["vote"]
+    assert vote["0.0"] >= vote["0.25"] >= vote["0.5"]
+    assert vote["0.0"] > 0.7  # a noise-trained model certifies most queries at radius 0
+    assert s["certified_recall_at_1"]["gaussian"]["0.0"] >= s["certified_recall_at_1"]["lipschitz"]["0.25"]
+    assert s["samples"] == 30 * 2050 and s["samples_per_second"] > 0
+    for c in certs:  # abstention is reported as -1 / None, consistently
+        assert (c.vote_prediction == -1) == (c.vote_radius is None)
+        assert (c.soft_prediction == -1) == (c.soft_gaussian_radius is None)
+        if c.soft_gaussian_radius is not None:
+            assert c.soft_gaussian_radius >= c.soft_lipschitz_radius
+
+
+class BadModel(torch.nn.Module):
+    def __init__(self, mode):
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, x):
+        if self.mode == "shape":
+            return torch.ones(x.shape[0], 3, 2)
+        if self.mode == "dim":
+            return torch.ones(x.shape[0], 5)
+        e = torch.ones(x.shape[0], 1)
+        if self.mode == "nan":
+            e[-1] = float("nan")
+        return e
+
+
+GALLERY_1D = Gallery(np.array([[1.0], [-1.0]], np.float32), np.array([0, 1]))
+
+
+@pytest.mark.parametrize(
+    "model,kwargs,exc,match",
+    [
+        (BadModel("shape"), {}, ValueError, r"must return \(batch, k\) embeddings"),
+        (BadModel("dim"), {}, ValueError, "dimension 5 but the gallery has 1"),
+        (BadModel("nan"), {}, ValueError, "model output is unusable"),
+        (SignModel(np.ones(4), 0.0), dict(queries=np.zeros((2, 5), np.float32)), ValueError, "the model failed on inputs of shape"),
+        (SignModel(np.ones(4), 0.0), dict(n0=0), ValueError, r"n0 must be in \[1,"),
+        (SignModel(np.ones(4), 0.0), dict(n=0), ValueError, r"n must be in \[1,"),
+        (SignModel(np.ones(4), 0.0), dict(alpha=0.0), ValueError, r"alpha must be a number in \(0, 1\)"),
+        (SignModel(np.ones(4), 0.0), dict(alpha=1.5), ValueError, r"alpha must be a number in \(0, 1\)"),
+        (SignModel(np.ones(4), 0.0), dict(exclude=[2, 0]), ValueError, r"exclude must be in \[-1, 1\]"),
+        (SignModel(np.ones(4), 0.0), dict(exclude=[0]), ValueError, "exclude must be 2 integers"),
+        (SignModel(np.ones(4), 0.0), dict(labels=[0, -1]), ValueError, r"labels must be in \[0,"),
+        (SignModel(np.ones(4), 0.0), dict(queries=np.full((2, 4), np.nan, np.float32)), ValueError, "queries contain non-finite"),
+        (SignModel(np.ones(4), 0.0), dict(queries=np.zeros((2, 4), np.int64)), TypeError, "queries must have a floating dtype"),
+        (SignModel(np.ones(4), 0.0), dict(ks=[0]), ValueError, r"ks must be in \[1, 2\]"),
+    ],
+)
+def test_certify_bad_input(model, kwargs, exc, match):
+    args = dict(queries=np.zeros((2, 4), np.float32), labels=[0, 1], n0=5, n=10)
+    args.update(kwargs)
+    retriever = SmoothedRetriever(model, GALLERY_1D, 0.5, batch_size=8)
+    with pytest.raises(exc, match=match):
+        retriever.certify(args.pop("queries"), args.pop("labels"), **args)
+
+
+@pytest.mark.parametrize(
+    "make,exc,match",
+    [
+        (lambda: SmoothedRetriever(SignModel(np.ones(4), 0.0), GALLERY_1D, 0.0), ValueError, "sigma must be a finite number > 0"),
+        (lambda: SmoothedRetriever(SignModel(np.ones(4), 0.0), GALLERY_1D, -1.0), ValueError, "sigma must be"),
+        (lambda: SmoothedRetriever(SignModel(np.ones(4), 0.0), GALLERY_1D, 0.5, batch_size=0), ValueError, "batch_size"),
+        (lambda: SmoothedRetriever(lambda x: x, GALLERY_1D, 0.5), TypeError, "model must be a torch.nn.Module"),
+        (lambda: Gallery(np.ones((2, 3)), np.array([0, 1, 2])), ValueError, "one label per row"),
+        (lambda: Gallery(np.ones((2, 3)), np.array([0, -1])), ValueError, "labels must be >= 0"),
+        (lambda: Gallery(np.ones((2, 3)), np.array([0.0, 1.0])), TypeError, "labels must be integers"),
+        (lambda: Gallery(np.array([[1.0, np.nan]]), np.array([0])), ValueError, "non-finite"),
+        (lambda: Gallery(np.zeros((2, 3)), np.array([0, 1])), ValueError, "is zero and cannot be normalised"),
+        (lambda: Gallery(np.ones((0, 3)), np.zeros(0, np.int64)), ValueError, "non-empty 2-D"),
+    ],
+)
+def test_construction_bad_input(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()
+
+
+@requires_cuda
+def test_cuda_and_cpu_certificates_agree(digits_setup):
+    model, gallery, data = digits_setup
+    q, y = data.query_x[:3], data.query_y[:3]
+    cpu = SmoothedRetriever(model, gallery, 0.25, batch_size=1000, seed=4).certify(q, y, n0=50, n=2000)
+    gpu = SmoothedRetriever(model, gallery.to("cuda"), 0.25, batch_size=1000, seed=4, device="cuda").certify(q, y, n0=50, n=2000)
+    for a, b in zip(cpu, gpu):  # same noise bits; the model may round differently on the GPU
+        assert abs(a.vote_count - b.vote_count) <= 20
+        if a.vote_radius and b.vote_radius:
+            assert a.vote_radius == pytest.approx(b.vote_radius, abs=0.02)

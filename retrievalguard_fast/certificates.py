@@ -1,0 +1,137 @@
+"""Certified radii from Monte-Carlo results (DESIGN.md section 3; derivations in docs/certification.md).
+
+Pure float64 numpy functions, separate from sampling so they can be checked on their own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+from scipy.special import ndtri  # standard normal quantile Phi^-1
+
+from .stats import clopper_pearson_lower
+
+LIPSCHITZ_FACTOR = math.sqrt(math.pi / 2.0)  # F is sqrt(2/pi)/sigma-Lipschitz along any unit u
+# Pairs of gallery rows closer than this (squared) get their distance recomputed directly,
+# so a near-duplicate pair never has its separation (the denominator of the margin) underestimated.
+_NEAR_DUPLICATE2 = 1e-6
+
+
+def vote_radius(count: int, n: int, alpha: float, sigma: float):
+    """Cohen et al. CERTIFY's radius for ``count`` of ``n`` fresh votes for the selected label.
+
+    Returns ``(p_lower, radius)``: the one-sided (1 - alpha) Clopper-Pearson lower bound on the
+    top label's probability, and ``sigma * Phi^-1(p_lower)`` when ``p_lower > 1/2``, else None
+    (abstain).
+    """
+    p_lower = float(clopper_pearson_lower(int(count), int(n), alpha))
+    if p_lower <= 0.5:
+        return p_lower, None
+    return p_lower, float(sigma * ndtri(p_lower))
+
+
+@dataclass
+class SoftRadii:
+    """Radii of the soft (smoothed-embedding) model for one query and one class."""
+
+    gaussian: float  # max_p min_b R_gauss(p, b); <= 0 means not certified
+    lipschitz: float
+    gaussian_at_k: Dict[int, float]  # max_p (K-th smallest over b of R_gauss(p, b))
+    lipschitz_at_k: Dict[int, float]
+
+
+def soft_radii(
+    mean_embedding: np.ndarray,
+    deviation: float,
+    gallery: np.ndarray,
+    gallery_sq_norms: np.ndarray,
+    gallery_labels: np.ndarray,
+    label: int,
+    sigma: float,
+    exclude: int = -1,
+    ks: Sequence[int] = (1,),
+    chunk: int = 64,
+) -> SoftRadii:
+    """Gaussian and Lipschitz radii for "a gallery row of ``label`` is the nearest (or among the
+    K nearest) to the smoothed embedding F".
+
+    For a positive p (label ``label``) and a negative b (any other label) the pair holds while
+    ``u.F > tau`` with ``u = (g_p - g_b)/|g_p - g_b|`` and ``tau = (|g_p|^2 - |g_b|^2)/(2|g_p - g_b|)``.
+    ``u.F`` is bounded below by ``u.F_hat - deviation`` (valid for every direction at once), then
+
+        R_lip(p, b)   = sigma sqrt(pi/2) (u.F_hat - deviation - tau)
+        R_gauss(p, b) = sigma [Phi^-1((1 + u.F_hat - deviation)/2) - Phi^-1((1 + tau)/2)]
+
+    (R_gauss is +inf when tau <= -1, -inf when tau >= 1). The query's radius is
+    ``max_p min_b``; for Recall@K it is ``max_p`` of the K-th smallest over b. The ``exclude``
+    row takes no part. No positive gives -inf (never certified); no negative gives +inf.
+    """
+    f = np.asarray(mean_embedding, dtype=np.float64)
+    g = np.asarray(gallery, dtype=np.float64)
+    labels = np.asarray(gallery_labels)
+    keep = np.ones(len(g), dtype=bool)
+    if exclude is not None and exclude >= 0:
+        keep[exclude] = False
+    pos = np.flatnonzero(keep & (labels == label))
+    neg = np.flatnonzero(keep & (labels != label))
+    ks = sorted(set(int(k) for k in ks))
+    if len(pos) == 0:
+        none = {k: -math.inf for k in ks}
+        return SoftRadii(-math.inf, -math.inf, dict(none), dict(none))
+    if len(neg) == 0:
+        inf = {k: math.inf for k in ks}
+        return SoftRadii(math.inf, math.inf, dict(inf), dict(inf))
+
+    proj = g @ f  # g_j . F_hat
+    best_gauss = {k: -math.inf for k in ks}
+    best_lip = {k: -math.inf for k in ks}
+    g_neg, n2_neg, proj_neg = g[neg], gallery_sq_norms[neg], proj[neg]
+    for a in range(0, len(pos), chunk):
+        p = pos[a : a + chunk]
+        g_pos = g[p]
+        sep2 = gallery_sq_norms[p][:, None] + n2_neg[None, :] - 2.0 * (g_pos @ g_neg.T)  # |g_p - g_b|^2
+        close = np.argwhere(sep2 < _NEAR_DUPLICATE2)
+        for i, j in close:  # recompute near-duplicates by direct difference
+            sep2[i, j] = float(np.sum((g_pos[i] - g_neg[j]) ** 2))
+        sep = np.sqrt(np.maximum(sep2, 0.0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uf = (proj[p][:, None] - proj_neg[None, :]) / sep
+            tau = (gallery_sq_norms[p][:, None] - n2_neg[None, :]) / (2.0 * sep)
+            lower = np.clip(uf - deviation, -1.0, 1.0)  # u.F >= this, and |u.F| <= |F| <= 1
+            lip = sigma * LIPSCHITZ_FACTOR * (lower - tau)
+            gauss = sigma * (ndtri((1.0 + lower) / 2.0) - ndtri(np.clip((1.0 + tau) / 2.0, 0.0, 1.0)))
+        gauss = np.where(tau <= -1.0, math.inf, np.where(tau >= 1.0, -math.inf, gauss))
+        # Identical positive and negative rows can never be separated.
+        degenerate = sep == 0.0
+        lip[degenerate] = -math.inf
+        gauss[degenerate] = -math.inf
+        gauss = np.nan_to_num(gauss, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+        lip = np.nan_to_num(lip, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+        for k in ks:
+            if k > len(neg):  # fewer negatives than K: a positive is always in the top K
+                best_gauss[k] = best_lip[k] = math.inf
+                continue
+            kth_g = np.partition(gauss, k - 1, axis=1)[:, k - 1]
+            kth_l = np.partition(lip, k - 1, axis=1)[:, k - 1]
+            best_gauss[k] = max(best_gauss[k], float(kth_g.max()))
+            best_lip[k] = max(best_lip[k], float(kth_l.max()))
+    g1 = best_gauss.get(1)
+    l1 = best_lip.get(1)
+    if g1 is None:  # K=1 not asked: compute it anyway for the prediction
+        r = soft_radii(f, deviation, g, gallery_sq_norms, labels, label, sigma, exclude, (1,), chunk)
+        g1, l1 = r.gaussian, r.lipschitz
+    return SoftRadii(g1, l1, best_gauss, best_lip)
+
+
+def nearest_label(vector: np.ndarray, gallery: np.ndarray, gallery_sq_norms: np.ndarray,
+                  gallery_labels: np.ndarray, exclude: int = -1) -> Optional[int]:
+    """Label of the gallery row nearest to ``vector`` in float64 (ties: lower index)."""
+    d = gallery_sq_norms - 2.0 * (np.asarray(gallery, dtype=np.float64) @ np.asarray(vector, dtype=np.float64))
+    if exclude is not None and exclude >= 0:
+        d[exclude] = np.inf
+    if not np.isfinite(d).any():
+        return None
+    return int(np.asarray(gallery_labels)[int(np.argmin(d))])

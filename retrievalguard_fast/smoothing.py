@@ -1,0 +1,349 @@
+"""Smoothed 1-NN retrieval: the sampling loop and per-query certification (DESIGN.md section 3).
+
+A :class:`SmoothedRetriever` wraps any torch embedding model and a :class:`~.gallery.Gallery`.
+For each query it draws ``n0 + n`` noisy copies (counter-based: copy ``i`` of query ``q`` is
+sample ``i`` of noise stream ``q`` under ``seed``), embeds them, and with one fused
+:func:`~retrievalguard_fast.nn_vote` pass per batch counts the 1-NN labels and accumulates the
+mean normalised embedding. From those it certifies
+
+- the vote model V (Cohen et al. CERTIFY: ``n0`` selection votes choose the label, ``n`` fresh
+  votes bound its probability with Clopper-Pearson), and
+- the soft model S (RetrievalGuard: the nearest gallery label of the mean embedding, with the
+  Gaussian and Lipschitz radii of DESIGN.md 3.2 and the McDiarmid Monte-Carlo bound, using all
+  ``n0 + n`` samples, since that bound holds for every direction at once),
+
+beside the clean prediction. Guarantee, per query: with probability at least ``1 - alpha`` over
+the sampling, each reported radius R is certified: no perturbation of l2 norm below R changes
+that model's prediction (for the soft Recall@K radii: the true label stays among the K nearest).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import _ops
+from .certificates import nearest_label, soft_radii, vote_radius
+from .gallery import Gallery
+from .stats import mean_embedding_deviation
+
+ABSTAIN = -1
+
+
+@dataclass
+class QueryCertificate:
+    """Everything certified about one query. Abstentions have prediction -1 and radius None."""
+
+    index: int
+    label: Optional[int]
+    clean_prediction: int
+    vote_prediction: int
+    vote_selected: int  # the label chosen by the n0 selection votes
+    vote_count: int  # fresh votes for it, out of vote_n
+    vote_n: int
+    vote_pA_lower: float
+    vote_radius: Optional[float]
+    soft_prediction: int
+    soft_gaussian_radius: Optional[float]
+    soft_lipschitz_radius: Optional[float]
+    soft_deviation: float  # McDiarmid bound t on |F_hat - F|
+    soft_recall_at_k: Dict[int, Dict[str, Optional[float]]] = field(default_factory=dict)
+    samples: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["soft_recall_at_k"] = {str(k): v for k, v in self.soft_recall_at_k.items()}
+        return d
+
+
+def _finite_or_none(r: float) -> Optional[float]:
+    """Radii as reported: None for 'not certified' (r <= 0); +inf stays inf."""
+    return None if r is None or not r > 0 else float(r)
+
+
+@dataclass
+class _Chunk:
+    query: int  # position in the current call
+    start: int  # first sample index (within the query's noise stream)
+    count: int
+    selection: bool  # part of the n0 selection samples
+
+
+class SmoothedRetriever:
+    """Randomized smoothing of 1-NN retrieval over a base embedding model.
+
+    ``model``: any ``torch.nn.Module`` mapping a batch of inputs (in the model's own input
+    space, e.g. pixels in [0, 1], with any normalisation inside the model) to (batch, k)
+    embeddings; it is put in eval mode and run under ``torch.inference_mode()``.
+    ``sigma``: noise level in that input space (radii are in the same space).
+    ``batch_size``: noisy samples per model call; samples of several queries share a batch when
+    one query has fewer left. It changes speed, never results (as long as the model's output for
+    a row does not depend on the other rows of its batch, which holds for eval-mode models up to
+    the floating-point blocking of the model's own kernels).
+    """
+
+    def __init__(self, model: torch.nn.Module, gallery: Gallery, sigma: float, *, device: Any = None,
+                 batch_size: int = 1000, seed: int = 0):
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"SmoothedRetriever: model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(gallery, Gallery):
+            raise TypeError(f"SmoothedRetriever: gallery must be a Gallery, got {type(gallery).__name__}")
+        self.sigma = _ops._check_positive_float("SmoothedRetriever", "sigma", sigma)
+        self.batch_size = _ops._check_int("SmoothedRetriever", "batch_size", batch_size, 1, 2**31 - 1)
+        self.seed = _ops._check_int("SmoothedRetriever", "seed", seed, 0, 2**64 - 1)
+        self.device = torch.device(device) if device is not None else gallery.device
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("SmoothedRetriever: device cuda requested but no GPU is available")
+        self.model = model.to(self.device).eval()
+        self.gallery = gallery.to(self.device)
+
+    # ------------------------------------------------------------------ checks
+
+    def _embed(self, batch: torch.Tensor, what: str) -> torch.Tensor:
+        try:
+            e = self.model(batch)
+        except RuntimeError as exc:  # shape mismatches inside the model
+            raise ValueError(f"{what}: the model failed on inputs of shape {tuple(batch.shape)}: {exc}") from exc
+        if not isinstance(e, torch.Tensor) or e.ndim != 2 or e.shape[0] != batch.shape[0]:
+            shape = tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__
+            raise ValueError(f"{what}: the model must return (batch, k) embeddings; got {shape} for a batch of {batch.shape[0]}")
+        if e.shape[1] != self.gallery.dim:
+            raise ValueError(f"{what}: the model returns embeddings of dimension {e.shape[1]} but the gallery has {self.gallery.dim}")
+        return e.float()
+
+    def _check_queries(self, x, labels, exclude, indices, n0, n, alpha, ks):
+        op = "certify"
+        if not isinstance(x, torch.Tensor):
+            x = torch.as_tensor(np.asarray(x))
+        if x.ndim < 2:
+            raise ValueError(f"{op}: queries must have shape (M, *input_shape), got {tuple(x.shape)}")
+        if not x.dtype.is_floating_point:
+            raise TypeError(f"{op}: queries must have a floating dtype, got {x.dtype}")
+        x = x.detach().to(self.device, torch.float32).contiguous()
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{op}: queries contain non-finite values")
+        m = x.shape[0]
+        n0 = _ops._check_int(op, "n0", n0, 1, 2**40)
+        n = _ops._check_int(op, "n", n, 1, 2**40)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < float(alpha) < 1.0:
+            raise ValueError(f"{op}: alpha must be a number in (0, 1), got {alpha!r}")
+        ks = tuple(sorted(set(_ops._check_int(op, "ks", k, 1, len(self.gallery)) for k in ks))) or (1,)
+
+        def int_array(name, a, default, lo, hi):
+            if a is None:
+                return default
+            arr = np.asarray(a.cpu() if isinstance(a, torch.Tensor) else a)
+            if arr.shape != (m,) or not np.issubdtype(arr.dtype, np.integer):
+                raise ValueError(f"{op}: {name} must be {m} integers (one per query), got shape {arr.shape} of {arr.dtype}")
+            if m and (arr.min() < lo or arr.max() > hi):
+                raise ValueError(f"{op}: {name} must be in [{lo}, {hi}], got values in [{arr.min()}, {arr.max()}]")
+            return arr.astype(np.int64)
+
+        labels = int_array("labels", labels, None, 0, 2**62)
+        exclude = int_array("exclude", exclude, np.full(m, -1, np.int64), -1, len(self.gallery) - 1)
+        indices = int_array("indices", indices, np.arange(m, dtype=np.int64), 0, 2**32 - 1)
+        return x, labels, exclude, indices, n0, n, float(alpha), ks
+
+    # ------------------------------------------------------------------ certification
+
+    def clean_predictions(self, x: torch.Tensor, exclude: np.ndarray) -> np.ndarray:
+        """Labels of the gallery rows nearest to the clean (noise-free) embeddings."""
+        out = np.empty(len(x), dtype=np.int64)
+        with torch.inference_mode():
+            for a in range(0, len(x), self.batch_size):
+                e = self._embed(x[a : a + self.batch_size], "certify (clean pass)")
+                e = torch.nn.functional.normalize(e, dim=1)
+                ex = torch.as_tensor(exclude[a : a + self.batch_size], device=self.device)
+                try:
+                    idx, *_ = _ops.nn_search(e, self.gallery.embeddings, exclude=ex)
+                except ValueError as exc:
+                    raise ValueError(f"certify (clean pass): model output is unusable ({exc})") from exc
+                out[a : a + len(e)] = self.gallery.labels_np[idx.cpu().numpy()]
+        return out
+
+    def iter_certify(self, queries: Any, labels: Any = None, *, exclude: Any = None, indices: Any = None,
+                     n0: int = 100, n: int = 10_000, alpha: float = 0.001, ks: Sequence[int] = (1,),
+                     on_batch: Optional[Callable[[int], None]] = None) -> Iterator[QueryCertificate]:
+        """Certify queries one by one, yielding each :class:`QueryCertificate` as it completes.
+
+        ``queries``: (M, *input_shape). ``labels``: true labels (for Recall@K radii and the
+        summary), optional. ``exclude``: a gallery index per query to leave out (-1 for none).
+        ``indices``: each query's noise stream (default 0..M-1); give the dataset index so that a
+        query's result does not depend on which other queries are certified with it.
+        ``on_batch(samples)`` is called after each model batch (progress bars).
+        """
+        x, labels, exclude, indices, n0, n, alpha, ks = self._check_queries(
+            queries, labels, exclude, indices, n0, n, alpha, ks)
+        m = len(x)
+        if m == 0:
+            return
+        clean = self.clean_predictions(x, exclude)  # also validates the model on these inputs
+        total = n0 + n
+        dim, classes = self.gallery.dim, self.gallery.num_classes
+        deviation = mean_embedding_deviation(total, alpha, dim)
+        dev = self.device
+        counts_sel = torch.zeros((m, classes), dtype=torch.int64, device=dev)
+        counts_cert = torch.zeros((m, classes), dtype=torch.int64, device=dev)
+        sums = torch.zeros((m, dim), dtype=torch.float64, device=dev)
+        done = np.zeros(m, dtype=np.int64)
+        started = np.zeros(m)
+        buffer = torch.empty((self.batch_size,) + tuple(x.shape[1:]), dtype=torch.float32, device=dev)
+        check_each_batch = dev.type != "cuda"  # on CUDA: no per-batch synchronisation
+
+        for batch in self._plan(m, n0, total):
+            rows = 0
+            for c in batch:
+                if done[c.query] == 0 and started[c.query] == 0:
+                    started[c.query] = time.perf_counter()
+                _ops.gaussian_noise(x[c.query], self.sigma, c.count, seed=self.seed, stream=int(indices[c.query]),
+                                    start=c.start, out=buffer[rows : rows + c.count], check=False)
+                rows += c.count
+            with torch.inference_mode():
+                emb = self._embed(buffer[:rows], "certify")
+            rows = 0
+            for c in batch:
+                part = emb[rows : rows + c.count]
+                rows += c.count
+                try:
+                    cnt, s = _ops.nn_vote(part, self.gallery.embeddings, self.gallery.labels, classes,
+                                          exclude=int(exclude[c.query]), check=check_each_batch)
+                except ValueError as exc:
+                    raise ValueError(f"certify: query {int(indices[c.query])}: model output is unusable ({exc})") from exc
+                (counts_sel if c.selection else counts_cert)[c.query] += cnt
+                sums[c.query] += s
+                done[c.query] += c.count
+                if done[c.query] == total:
+                    yield self._finish(c.query, int(indices[c.query]), labels, clean, exclude, counts_sel, counts_cert,
+                                       sums, n0, n, alpha, ks, deviation, started)
+            if on_batch is not None:
+                on_batch(rows)
+
+    def certify(self, queries: Any, labels: Any = None, **kwargs) -> List[QueryCertificate]:
+        """All queries' certificates as a list (see :meth:`iter_certify`)."""
+        return list(self.iter_certify(queries, labels, **kwargs))
+
+    def _plan(self, m: int, n0: int, total: int) -> Iterator[List[_Chunk]]:
+        """Batches of at most batch_size samples; a chunk never straddles the n0 boundary, and
+        consecutive queries share a batch when the first has fewer samples left."""
+        batch: List[_Chunk] = []
+        room = self.batch_size
+        for q in range(m):
+            for lo, hi, sel in ((0, n0, True), (n0, total, False)):
+                s = lo
+                while s < hi:
+                    take = min(room, hi - s)
+                    batch.append(_Chunk(q, s, take, sel))
+                    s += take
+                    room -= take
+                    if room == 0:
+                        yield batch
+                        batch, room = [], self.batch_size
+        if batch:
+            yield batch
+
+    def _finish(self, q, index, labels, clean, exclude, counts_sel, counts_cert, sums, n0, n, alpha, ks,
+                deviation, started) -> QueryCertificate:
+        sel = counts_sel[q].cpu().numpy()
+        cert = counts_cert[q].cpu().numpy()
+        if int(sel.sum()) != n0 or int(cert.sum()) != n:  # CUDA path: rows with bad output cast no vote
+            raise ValueError(f"certify: query {index}: the model returned non-finite embeddings for "
+                             f"{n0 + n - int(sel.sum() + cert.sum())} noisy samples")
+        g = self.gallery
+        ex = int(exclude[q])
+        # Vote model: Cohen's CERTIFY.
+        selected = int(np.argmax(sel))  # ties: lowest label
+        count = int(cert[selected])
+        p_lower, r_vote = vote_radius(count, n, alpha, self.sigma)
+        # Soft model: nearest label of the mean embedding, radii with the McDiarmid bound.
+        mean = sums[q].cpu().numpy() / float(n0 + n)
+        predicted = nearest_label(mean, g.embeddings64, g.sq_norms64, g.labels_np, ex)
+        radii = soft_radii(mean, deviation, g.embeddings64, g.sq_norms64, g.labels_np, predicted, self.sigma, ex, (1,))
+        certified = radii.gaussian > 0
+        recall_at_k: Dict[int, Dict[str, Optional[float]]] = {}
+        if labels is not None:
+            rk = radii if int(labels[q]) == predicted and ks == (1,) else soft_radii(
+                mean, deviation, g.embeddings64, g.sq_norms64, g.labels_np, int(labels[q]), self.sigma, ex, ks)
+            recall_at_k = {k: {"gaussian": _finite_or_none(rk.gaussian_at_k[k]),
+                               "lipschitz": _finite_or_none(rk.lipschitz_at_k[k])} for k in ks}
+        return QueryCertificate(
+            index=index,
+            label=None if labels is None else int(labels[q]),
+            clean_prediction=int(clean[q]),
+            vote_prediction=selected if r_vote is not None else ABSTAIN,
+            vote_selected=selected,
+            vote_count=count,
+            vote_n=n,
+            vote_pA_lower=p_lower,
+            vote_radius=r_vote,
+            soft_prediction=predicted if certified else ABSTAIN,
+            soft_gaussian_radius=_finite_or_none(radii.gaussian),
+            soft_lipschitz_radius=_finite_or_none(radii.lipschitz),
+            soft_deviation=deviation,
+            soft_recall_at_k=recall_at_k,
+            samples=n0 + n,
+            seconds=float(time.perf_counter() - started[q]),
+        )
+
+
+# ---------------------------------------------------------------------- dataset-level results
+
+
+def certified_accuracy(predictions: np.ndarray, radii: Sequence[Optional[float]], labels: np.ndarray,
+                       radius: float) -> float:
+    """Fraction of queries predicted correctly with a certified radius >= ``radius``
+    (abstentions, None radii, count as failures)."""
+    r = np.array([-math.inf if v is None else v for v in radii], dtype=np.float64)
+    ok = (np.asarray(predictions) == np.asarray(labels)) & (r >= radius)
+    return float(ok.mean()) if len(ok) else float("nan")
+
+
+def summarize(certs: Sequence[QueryCertificate], radii: Sequence[float], *, ks: Sequence[int] = (1,),
+              seconds: Optional[float] = None) -> dict:
+    """Certified Recall@1 at each radius for each certificate, clean Recall@1, abstention rates,
+    average certified radii (0 for a wrong or abstained query), timing and throughput."""
+    if any(c.label is None for c in certs):
+        raise ValueError("summarize: every query needs its true label")
+    labels = np.array([c.label for c in certs])
+    m = len(certs)
+    vote_pred = np.array([c.vote_prediction for c in certs])
+    soft_pred = np.array([c.soft_prediction for c in certs])
+    by_cert = {
+        "vote": (vote_pred, [c.vote_radius for c in certs]),
+        "gaussian": (soft_pred, [c.soft_gaussian_radius for c in certs]),
+        "lipschitz": (soft_pred, [c.soft_lipschitz_radius for c in certs]),
+    }
+
+    def acr(pred, rs):
+        r = np.array([0.0 if v is None else v for v in rs])
+        return float(np.where(pred == labels, r, 0.0).mean()) if m else float("nan")
+
+    samples = int(sum(c.samples for c in certs))
+    seconds = float(sum(c.seconds for c in certs)) if seconds is None else float(seconds)
+    out = {
+        "num_queries": m,
+        "clean_recall_at_1": float(np.mean([c.clean_prediction == c.label for c in certs])) if m else float("nan"),
+        "certified_recall_at_1": {name: {str(r): certified_accuracy(p, rs, labels, r) for r in radii}
+                                  for name, (p, rs) in by_cert.items()},
+        "abstention_rate": {"vote": float(np.mean(vote_pred == ABSTAIN)) if m else float("nan"),
+                            "soft": float(np.mean(soft_pred == ABSTAIN)) if m else float("nan")},
+        "average_certified_radius": {name: acr(p, rs) for name, (p, rs) in by_cert.items()},
+        "samples": samples,
+        "seconds": seconds,
+        "samples_per_second": samples / seconds if seconds > 0 else float("nan"),
+    }
+    recall_k = {}
+    for k in ks:
+        per = {}
+        for name in ("gaussian", "lipschitz"):
+            rs = [c.soft_recall_at_k.get(k, {}).get(name) for c in certs]
+            r = np.array([-math.inf if v is None else v for v in rs])
+            per[name] = {str(rad): float(np.mean(r >= rad)) if m else float("nan") for rad in radii}
+        recall_k[str(k)] = per
+    out["certified_recall_at_k"] = recall_k
+    return out
