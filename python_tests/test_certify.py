@@ -241,3 +241,41 @@ def test_cuda_and_cpu_certificates_agree(digits_setup):
         assert abs(a.vote_count - b.vote_count) <= 20
         if a.vote_radius and b.vote_radius:
             assert a.vote_radius == pytest.approx(b.vote_radius, abs=0.02)
+
+
+def reference_soft_radii(f, t, g, labels, label, sigma, exclude=-1, k=1):
+    """Pair by pair, straight from DESIGN.md 3.2 (scipy's norm.ppf, direct differences)."""
+    pos = [i for i in range(len(g)) if labels[i] == label and i != exclude]
+    neg = [j for j in range(len(g)) if labels[j] != label and j != exclude]
+    best_g = best_l = -math.inf
+    for p in pos:
+        rg, rl = [], []
+        for b in neg:
+            d = g[p] - g[b]
+            sep = np.linalg.norm(d)
+            u = d / sep
+            tau = (g[p] @ g[p] - g[b] @ g[b]) / (2 * sep)
+            low = min(max(u @ f - t, -1.0), 1.0)
+            rl.append(sigma * math.sqrt(math.pi / 2) * (low - tau))
+            rg.append(math.inf if tau <= -1 else sigma * (stats.norm.ppf((1 + low) / 2) - stats.norm.ppf((1 + tau) / 2)))
+        best_g = max(best_g, sorted(rg)[k - 1])
+        best_l = max(best_l, sorted(rl)[k - 1])
+    return best_g, best_l
+
+
+@pytest.mark.parametrize("unit", [True, False])
+def test_soft_radii_match_a_pairwise_reference(unit):
+    rng = np.random.default_rng(8 if unit else 9)
+    for trial in range(8):
+        g = random_unit(rng, 25, 6) * (1.0 if unit else rng.uniform(0.5, 1.0, (25, 1)))
+        if unit:  # as the Gallery stores it: float32 values, so tau is ~1e-7 rather than 0
+            g = g.astype(np.float32).astype(np.float64)
+        labels = rng.integers(0, 3, 25)
+        f = 0.8 * g[trial] + 0.02 * random_unit(rng, 1, 6)[0]
+        label = int(labels[trial])
+        exclude = int(rng.integers(-1, 25))
+        for k in (1, 2, 4):
+            r = soft_radii(f, 0.01, g, (g**2).sum(1), labels, label, 0.3, exclude=exclude, ks=(1, k))
+            ref_g, ref_l = reference_soft_radii(f, 0.01, g, labels, label, 0.3, exclude, k)
+            assert r.lipschitz_at_k[k] == pytest.approx(ref_l, rel=1e-9, abs=1e-12)
+            assert r.gaussian_at_k[k] == pytest.approx(ref_g, rel=1e-9, abs=1e-12)

@@ -52,8 +52,30 @@ def _find_installed_build() -> Optional[str]:
     return None
 
 
+
+def _import_core():
+    """Import _core with a short OpenMP spin-wait for its (the system's) libgomp.
+
+    libgomp reads GOMP_SPINCOUNT once, when it is loaded. Its default lets idle worker threads
+    spin for up to ~300k iterations after each parallel region; in a certification loop that
+    alternates our kernels with a torch model (which has its own OpenMP runtime), the spinning
+    threads of one runtime steal the cores of the other and slowed the loop by 2-3x on a 2-core
+    machine. The variable is set only while _core (and with it libgomp) loads, then restored, so
+    the user's environment and other runtimes are untouched; an explicit setting is respected.
+    """
+    saved = os.environ.get("GOMP_SPINCOUNT")
+    if saved is None:
+        os.environ["GOMP_SPINCOUNT"] = "10000"
+    try:
+        from . import _core as core
+    finally:
+        if saved is None:
+            os.environ.pop("GOMP_SPINCOUNT", None)
+    return core
+
+
 try:
-    from . import _core  # noqa: E402  (needs the library loaded above)
+    _core = _import_core()
 except ImportError:
     _installed = _find_installed_build()
     if _installed is None:
@@ -62,7 +84,7 @@ except ImportError:
             "(pip install .) rather than importing the source tree"
         ) from None
     sys.modules[__package__].__path__.append(_installed)  # type: ignore[attr-defined]
-    from . import _core  # noqa: E402
+    _core = _import_core()
 
 if getattr(_core, "kernel_abi", None) != KERNEL_ABI:
     raise ImportError(

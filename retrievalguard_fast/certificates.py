@@ -93,37 +93,69 @@ def soft_radii(
         p = pos[a : a + chunk]
         g_pos = g[p]
         sep2 = gallery_sq_norms[p][:, None] + n2_neg[None, :] - 2.0 * (g_pos @ g_neg.T)  # |g_p - g_b|^2
-        close = np.argwhere(sep2 < _NEAR_DUPLICATE2)
-        for i, j in close:  # recompute near-duplicates by direct difference
-            sep2[i, j] = float(np.sum((g_pos[i] - g_neg[j]) ** 2))
+        if (sep2 < _NEAR_DUPLICATE2).any():
+            for i, j in np.argwhere(sep2 < _NEAR_DUPLICATE2):  # recompute near-duplicates directly
+                sep2[i, j] = float(np.sum((g_pos[i] - g_neg[j]) ** 2))
         sep = np.sqrt(np.maximum(sep2, 0.0))
+        degenerate = sep == 0.0  # identical positive and negative rows can never be separated
         with np.errstate(divide="ignore", invalid="ignore"):
             uf = (proj[p][:, None] - proj_neg[None, :]) / sep
             tau = (gallery_sq_norms[p][:, None] - n2_neg[None, :]) / (2.0 * sep)
-            lower = np.clip(uf - deviation, -1.0, 1.0)  # u.F >= this, and |u.F| <= |F| <= 1
-            lip = sigma * LIPSCHITZ_FACTOR * (lower - tau)
-            gauss = sigma * (ndtri((1.0 + lower) / 2.0) - ndtri(np.clip((1.0 + tau) / 2.0, 0.0, 1.0)))
-        gauss = np.where(tau <= -1.0, math.inf, np.where(tau >= 1.0, -math.inf, gauss))
-        # Identical positive and negative rows can never be separated.
-        degenerate = sep == 0.0
-        lip[degenerate] = -math.inf
-        gauss[degenerate] = -math.inf
-        gauss = np.nan_to_num(gauss, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
-        lip = np.nan_to_num(lip, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+        lower = np.clip(uf - deviation, -1.0, 1.0)  # u.F >= this, and |u.F| <= |F| <= 1
+        lower[degenerate] = -math.inf
+        tau[degenerate] = 0.0
+        lip_margin = lower - tau
+        # Gaussian radius R_gauss(p, b) = sigma [N(lower_pb) - N(tau_pb)], N(v) = Phi^-1((1 + v)/2).
+        # Quantiles are the cost, so only candidate pairs are evaluated: N is increasing with
+        # slope >= sqrt(pi/2), so a negative b with lower_pb > lower_(K) + delta_p, where
+        # delta_p = (N(max_b tau_pb) - N(min_b tau_pb)) / sqrt(pi/2), has R_gauss(p, b) >= the
+        # radius of each of the K negatives of smallest lower_pb; the K-th smallest radius is
+        # therefore attained among the candidates, and the result is exact. (A normalised float32
+        # gallery has tau within ~1e-7 of 0, so delta_p is tiny and there are few candidates.)
+        exact_tau = float(np.abs(tau).max()) < 1.0
+        if exact_tau:
+            tau_term_max = _half_quantile(tau.max(axis=1))
+            tau_term_min = _half_quantile(tau.min(axis=1))
+            delta = (tau_term_max - tau_term_min) / LIPSCHITZ_FACTOR * (1.0 + 1e-9) + 1e-15
+        else:  # some tau <= -1 or >= 1: every pair exactly, with its infinite radii
+            with np.errstate(divide="ignore", invalid="ignore"):
+                gauss_all = sigma * (_half_quantile(lower) - _half_quantile(np.clip(tau, -1.0, 1.0)))
+            gauss_all = np.where(tau <= -1.0, math.inf, np.where(tau >= 1.0, -math.inf, gauss_all))
+            gauss_all[degenerate] = -math.inf
         for k in ks:
             if k > len(neg):  # fewer negatives than K: a positive is always in the top K
                 best_gauss[k] = best_lip[k] = math.inf
                 continue
-            kth_g = np.partition(gauss, k - 1, axis=1)[:, k - 1]
-            kth_l = np.partition(lip, k - 1, axis=1)[:, k - 1]
-            best_gauss[k] = max(best_gauss[k], float(kth_g.max()))
-            best_lip[k] = max(best_lip[k], float(kth_l.max()))
+            kth_lip = _kth_smallest(lip_margin, k)
+            best_lip[k] = max(best_lip[k], float(sigma * LIPSCHITZ_FACTOR * kth_lip.max()))
+            if exact_tau:
+                candidate = lower <= (_kth_smallest(lower, k) + delta)[:, None]
+                gauss = np.full(lower.shape, math.inf)
+                with np.errstate(invalid="ignore"):
+                    gauss[candidate] = sigma * (_half_quantile(lower[candidate]) - _half_quantile(tau[candidate]))
+                gauss[degenerate] = -math.inf
+                kth = _kth_smallest(gauss, k)
+            else:
+                kth = _kth_smallest(gauss_all, k)
+            kth = np.nan_to_num(kth, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+            best_gauss[k] = max(best_gauss[k], float(kth.max()))
     g1 = best_gauss.get(1)
     l1 = best_lip.get(1)
     if g1 is None:  # K=1 not asked: compute it anyway for the prediction
         r = soft_radii(f, deviation, g, gallery_sq_norms, labels, label, sigma, exclude, (1,), chunk)
         g1, l1 = r.gaussian, r.lipschitz
     return SoftRadii(g1, l1, best_gauss, best_lip)
+
+
+def _half_quantile(v):
+    """N(v) = Phi^-1((1 + v)/2), with N(-inf) = N(-1) = -inf and N(1) = +inf."""
+    with np.errstate(invalid="ignore"):
+        return ndtri((1.0 + np.maximum(v, -1.0)) / 2.0)
+
+
+def _kth_smallest(a: np.ndarray, k: int) -> np.ndarray:
+    """K-th smallest (1-based) along axis 1."""
+    return a.min(axis=1) if k == 1 else np.partition(a, k - 1, axis=1)[:, k - 1]
 
 
 def nearest_label(vector: np.ndarray, gallery: np.ndarray, gallery_sq_norms: np.ndarray,

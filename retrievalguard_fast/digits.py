@@ -7,6 +7,7 @@ They are split, stratified and seeded, into a gallery and queries.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,3 +51,36 @@ class DigitsEmbeddingNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+# ---------------------------------------------------------------------- shipped default models
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+TRAINING_RECIPE = dict(epochs=40, batch_size=128, lr=2e-3, scale=16.0, seed=0)
+
+
+def default_weights_path(sigma: float) -> Path:
+    return WEIGHTS_DIR / f"digits_mlp_sigma{sigma:g}.pt"
+
+
+def train_default_model(sigma: float, verbose: bool = False) -> DigitsEmbeddingNet:
+    """The recipe behind the shipped weights: DigitsEmbeddingNet trained under noise of
+    ``sigma`` on the gallery split of :func:`load_digits_split` (queries are held out)."""
+    from .training import train_embedding_model
+
+    torch.manual_seed(TRAINING_RECIPE["seed"])
+    data = load_digits_split()
+    return train_embedding_model(DigitsEmbeddingNet(), data.gallery_x, data.gallery_y, sigma=sigma,
+                                 verbose=verbose, **TRAINING_RECIPE)
+
+
+def load_default_model(sigma: float = 0.25) -> DigitsEmbeddingNet:
+    """The shipped model trained at ``sigma`` (scripts/train_digits_model.py writes them); for a
+    sigma without shipped weights, trains one on the spot (a few seconds on a CPU)."""
+    path = default_weights_path(sigma)
+    model = DigitsEmbeddingNet()
+    if path.exists():
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    else:
+        model = train_default_model(sigma)
+    return model.eval()

@@ -34,6 +34,24 @@ from .stats import mean_embedding_deviation
 
 ABSTAIN = -1
 
+_blas_controller = None
+
+
+def _single_threaded_host_blas():
+    """Run numpy's BLAS on one thread for the per-query certificate maths.
+
+    Those matrices are small; a multi-threaded call wakes OpenBLAS worker threads that then
+    busy-wait for a while, and on a small machine they steal the cores the next model batch and
+    nn_vote need (measured: certification 2.8x slower on 2 cores). threadpoolctl limits the
+    threads only inside the block.
+    """
+    global _blas_controller
+    if _blas_controller is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas_controller = ThreadpoolController()
+    return _blas_controller.limit(limits=1, user_api="blas")
+
 
 @dataclass
 class QueryCertificate:
@@ -262,13 +280,17 @@ class SmoothedRetriever:
         p_lower, r_vote = vote_radius(count, n, alpha, self.sigma)
         # Soft model: nearest label of the mean embedding, radii with the McDiarmid bound.
         mean = sums[q].cpu().numpy() / float(n0 + n)
-        predicted = nearest_label(mean, g.embeddings64, g.sq_norms64, g.labels_np, ex)
-        radii = soft_radii(mean, deviation, g.embeddings64, g.sq_norms64, g.labels_np, predicted, self.sigma, ex, (1,))
+        with _single_threaded_host_blas():
+            predicted = nearest_label(mean, g.embeddings64, g.sq_norms64, g.labels_np, ex)
+            radii = soft_radii(mean, deviation, g.embeddings64, g.sq_norms64, g.labels_np, predicted, self.sigma,
+                               ex, (1,))
+            rk = None
+            if labels is not None:
+                rk = radii if int(labels[q]) == predicted and ks == (1,) else soft_radii(
+                    mean, deviation, g.embeddings64, g.sq_norms64, g.labels_np, int(labels[q]), self.sigma, ex, ks)
         certified = radii.gaussian > 0
         recall_at_k: Dict[int, Dict[str, Optional[float]]] = {}
-        if labels is not None:
-            rk = radii if int(labels[q]) == predicted and ks == (1,) else soft_radii(
-                mean, deviation, g.embeddings64, g.sq_norms64, g.labels_np, int(labels[q]), self.sigma, ex, ks)
+        if rk is not None:
             recall_at_k = {k: {"gaussian": _finite_or_none(rk.gaussian_at_k[k]),
                                "lipschitz": _finite_or_none(rk.lipschitz_at_k[k])} for k in ks}
         return QueryCertificate(
