@@ -77,11 +77,16 @@ RGF_HD int64_t nn_index_out(int64_t i) { return i == kNoIndex ? -1 : i; }
 constexpr double kFixedScale = 4294967296.0;  // 2^32
 constexpr double kFixedUnit = 1.0 / kFixedScale;
 
+// Round v 2^32 to the nearest integer (ties to even), for |v| < 2^19. On the host this uses the
+// 1.5 2^52 trick (adding and subtracting it leaves the value rounded to an integer in the default
+// rounding mode; exact for |v 2^32| < 2^51), which vectorises where llrint does not; the device
+// intrinsic rounds the same way, so both give the same integers.
 RGF_HD int64_t to_fixed(double v) {
 #if defined(__CUDA_ARCH__)
   return __double2ll_rn(v * kFixedScale);
 #else
-  return std::llrint(v * kFixedScale);
+  constexpr double kRoundMagic = 6755399441055744.0;  // 1.5 * 2^52
+  return static_cast<int64_t>((v * kFixedScale + kRoundMagic) - kRoundMagic);
 #endif
 }
 

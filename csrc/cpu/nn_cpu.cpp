@@ -21,8 +21,8 @@ namespace {
 // normalize=False accepts rows of norm up to 1 + 1e-5 (float32 rounding of unit vectors).
 constexpr double kMaxUnnormalizedNorm2 = (1.0 + 1e-5) * (1.0 + 1e-5);
 
-std::atomic<int64_t> g_tile_rows{256};
-std::atomic<int64_t> g_tile_gallery{512};
+std::atomic<int64_t> g_tile_rows{512};
+std::atomic<int64_t> g_tile_gallery{256};
 
 // Per-row quantities of the distance expansion (see nn_key / nn_distance).
 struct RowTerms {
@@ -244,14 +244,16 @@ void nn_vote_cpu(const NNProblem& p, const int64_t* gallery_labels, int64_t num_
 
   // Exact fixed-point sum of the scaled rows; integer addition makes the order irrelevant.
   std::vector<int64_t> fixed_sum(p.dim, 0);
-#pragma omp parallel if (p.rows * p.dim > 65536)
+#pragma omp parallel if (p.rows * p.dim > (int64_t{1} << 18))
   {
     std::vector<int64_t> local(p.dim, 0);
+    int64_t* __restrict acc = local.data();
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < p.rows; ++r) {
-      const float* e = p.queries + r * p.dim;
+      const float* __restrict e = p.queries + r * p.dim;
       const double s = rt.scale[r];
-      for (int64_t j = 0; j < p.dim; ++j) local[j] += to_fixed(static_cast<double>(e[j]) * s);
+#pragma omp simd
+      for (int64_t j = 0; j < p.dim; ++j) acc[j] += to_fixed(static_cast<double>(e[j]) * s);
     }
 #pragma omp critical
     for (int64_t j = 0; j < p.dim; ++j) fixed_sum[j] += local[j];
