@@ -1,0 +1,222 @@
+"""The command line: demo, certify on files made here, resume after a real kill, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import retrievalguard_fast as rgf
+from retrievalguard_fast.digits import load_default_model, load_digits_split
+
+REQUIRED_FIELDS = {"index", "label", "clean_prediction", "vote_prediction", "vote_count", "vote_pA_lower", "vote_radius",
+                   "soft_prediction", "soft_gaussian_radius", "soft_lipschitz_radius"}
+
+
+def cli(*args, cwd, check=True, timeout=300):
+    proc = subprocess.run([sys.executable, "-m", "retrievalguard_fast", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def read_results(folder):
+    with open(os.path.join(folder, "results.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def strip_timing(records):
+    return sorted(({k: v for k, v in r.items() if k != "seconds"} for r in records), key=lambda r: r["index"])
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A TorchScript model and query/gallery .npz files, the way a user would make them."""
+    d = tmp_path_factory.mktemp("inputs")
+    data = load_digits_split()
+    model = load_default_model(0.25)
+    torch.jit.script(model).save(str(d / "model.pt"))
+    np.savez(d / "queries.npz", x=data.query_x[:40], labels=data.query_y[:40])
+    np.savez(d / "gallery_x.npz", x=data.gallery_x, labels=data.gallery_y)
+    with torch.inference_mode():
+        emb = model(torch.from_numpy(data.gallery_x)).numpy()
+    np.savez(d / "gallery_emb.npz", embeddings=emb, labels=data.gallery_y)
+    # leave-one-out: queries taken from the gallery itself
+    np.savez(d / "queries_loo.npz", x=data.gallery_x[:6], labels=data.gallery_y[:6], exclude=np.arange(6))
+    return d
+
+
+def test_demo_writes_the_report(tmp_path):
+    proc = cli("demo", "--queries", "12", "--n", "500", "--n0", "20", cwd=tmp_path)
+    out = tmp_path / "retrievalguard-demo"
+    assert "certified Recall@1" in proc.stdout and "vote (Cohen)" in proc.stdout
+    records = read_results(out)
+    assert len(records) == 12 and REQUIRED_FIELDS <= set(records[0])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_queries"] == 12
+    assert set(summary["certified_recall_at_1"]) == {"vote", "gaussian", "lipschitz"}
+    assert 0 <= summary["clean_recall_at_1"] <= 1 and summary["parameters"]["mode"] == "fixed-n"
+    assert "torch" in summary["versions"] and summary["device"].startswith("cpu")
+    assert (out / "summary.csv").read_text().startswith("model,metric,radius,value")
+    png = (out / "certified_recall.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+@pytest.mark.parametrize("gallery", ["gallery_x.npz", "gallery_emb.npz"])
+def test_certify_on_user_files(files, tmp_path, gallery):
+    out = tmp_path / "out"
+    proc = cli("certify", "--model", str(files / "model.pt"), "--queries", str(files / "queries.npz"),
+               "--gallery", str(files / gallery), "--sigma", "0.25", "--n", "400", "--n0", "20",
+               "--recall-k", "1,5", "--radii", "0,0.1,0.5", "--out", str(out), cwd=tmp_path)
+    records = read_results(out)
+    assert sorted(r["index"] for r in records) == list(range(40))
+    for r in records:  # abstention: prediction -1 and radius null
+        assert (r["vote_prediction"] == -1) == (r["vote_radius"] is None)
+        assert (r["soft_prediction"] == -1) == (r["soft_gaussian_radius"] is None)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["certified_recall_at_k"]) == {"1", "5"}
+    assert summary["clean_recall_at_1"] > 0.8
+    assert "Recall@5" in proc.stdout
+
+
+def test_certify_leave_one_out(files, tmp_path):
+    cli("certify", "--model", str(files / "model.pt"), "--queries", str(files / "queries_loo.npz"),
+        "--gallery", str(files / "gallery_emb.npz"), "--sigma", "0.25", "--n", "300", "--n0", "20",
+        "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert len(read_results(tmp_path / "o")) == 6
+
+
+def test_the_same_folder_refuses_other_parameters_and_needs_resume(files, tmp_path):
+    base = ["certify", "--model", str(files / "model.pt"), "--queries", str(files / "queries.npz"),
+            "--gallery", str(files / "gallery_emb.npz"), "--n", "200", "--n0", "10", "--out", str(tmp_path / "o")]
+    cli(*base, "--sigma", "0.25", cwd=tmp_path)
+    before = (tmp_path / "o" / "results.jsonl").read_bytes()
+    proc = cli(*base, "--sigma", "0.5", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "other parameters (sigma differ)" in proc.stderr
+    proc = cli(*base, "--sigma", "0.25", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "--resume" in proc.stderr
+    assert (tmp_path / "o" / "results.jsonl").read_bytes() == before  # nothing lost or mixed
+    # --resume on a finished run certifies nothing again and rewrites the same summary
+    proc = cli(*base, "--sigma", "0.25", "--resume", "--batch-size", "77", cwd=tmp_path)
+    assert (tmp_path / "o" / "results.jsonl").read_bytes() == before
+    assert "0 queries certified" in proc.stdout
+
+
+def _start(args, cwd):
+    return subprocess.Popen([sys.executable, "-m", "retrievalguard_fast", *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_lines(path, count, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.exists(path):
+            with open(path) as f:
+                if sum(1 for _ in f) >= count:
+                    return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before it could be interrupted: {proc.communicate()}")
+        time.sleep(0.05)
+    raise AssertionError("no results appeared")
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_resume_after_a_real_interruption_matches_an_uninterrupted_run(files, tmp_path, how):
+    base = ["certify", "--model", str(files / "model.pt"), "--queries", str(files / "queries.npz"),
+            "--gallery", str(files / "gallery_x.npz"), "--sigma", "0.25", "--n", "6000", "--n0", "50",
+            "--batch-size", "1500", "--seed", "3", "--quiet"]
+    cli(*base, "--out", str(tmp_path / "full"), cwd=tmp_path)
+    reference = read_results(tmp_path / "full")
+
+    out = tmp_path / "cut"
+    proc = _start([*base, "--out", str(out)], cwd=tmp_path)
+    _wait_for_lines(out / "results.jsonl", 5, proc)
+    proc.send_signal(signal.SIGKILL if how == "SIGKILL" else signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if how == "SIGINT":
+        assert proc.returncode == 130 and "--resume" in err
+    partial = read_results(out)
+    assert 5 <= len(partial) < 40
+    # A kill can land mid-write: simulate the torn last line explicitly.
+    with open(out / "results.jsonl", "a") as f:
+        f.write('{"index": 39, "label": 7, "clean_predi')
+    cli(*base, "--out", str(out), "--resume", "--batch-size", "999", cwd=tmp_path)
+    resumed = read_results(out)
+    assert len(resumed) == 40 and len({r["index"] for r in resumed}) == 40  # none lost, none twice
+    assert strip_timing(resumed) == strip_timing(reference)  # identical to the uninterrupted run
+
+
+def _bad(tmp_path, files, *args):
+    proc = cli(*args, cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+class _WrongShape(torch.nn.Module):
+    def forward(self, x):
+        return x.flatten(1)[:, :3, None]
+
+
+def test_bad_input_gets_one_clear_line(files, tmp_path):
+    d = tmp_path
+    np.savez(d / "noarr.npz", y=np.zeros(3))
+    np.savez(d / "nan.npz", x=np.full((2, 1, 8, 8), np.nan, np.float32), labels=np.array([0, 1]))
+    np.savez(d / "badlen.npz", x=np.zeros((3, 1, 8, 8), np.float32), labels=np.array([0, 1]))
+    np.savez(d / "shape.npz", x=np.zeros((3, 5, 5), np.float32), labels=np.array([0, 1, 2]))
+    np.savez(d / "otherclasses.npz", x=np.zeros((2, 1, 8, 8), np.float32), labels=np.array([50, 51]))
+    np.savez(d / "floatlabels.npz", x=np.zeros((2, 1, 8, 8), np.float32), labels=np.array([0.0, 1.0]))
+    (d / "notnpz.npz").write_text("hello")
+    (d / "notmodel.pt").write_text("hello")
+    torch.jit.script(_WrongShape()).save(str(d / "wrongshape.pt"))
+    model, queries, gallery = str(files / "model.pt"), str(files / "queries.npz"), str(files / "gallery_emb.npz")
+
+    def certify(**over):
+        args = {"--model": model, "--queries": queries, "--gallery": gallery, "--sigma": "0.25", "--n": "50",
+                "--out": str(d / "o")}
+        args.update(over)
+        return ["certify"] + [t for k, v in args.items() for t in (k, v)]
+
+    cases = [
+        (certify(**{"--queries": str(d / "missing.npz")}), "no such file"),
+        (certify(**{"--queries": str(d / "notnpz.npz")}), "not a readable .npz"),
+        (certify(**{"--queries": str(d / "noarr.npz")}), "missing array 'x'"),
+        (certify(**{"--queries": str(d / "nan.npz")}), "non-finite"),
+        (certify(**{"--queries": str(d / "badlen.npz")}), "labels must have shape (3,)"),
+        (certify(**{"--queries": str(d / "floatlabels.npz")}), "labels must be integers"),
+        (certify(**{"--queries": str(d / "shape.npz")}), "the model failed on inputs of shape"),
+        (certify(**{"--queries": str(d / "otherclasses.npz")}), "share no class"),
+        (certify(**{"--gallery": str(d / "noarr.npz")}), "missing array 'labels'"),
+        (certify(**{"--model": str(d / "notmodel.pt")}), "not a loadable TorchScript file"),
+        (certify(**{"--model": "no_such_module_xyz:make"}), "could not build the model"),
+        (certify(**{"--model": "nothing-here"}), "no such file"),
+        (certify(**{"--model": str(d / "wrongshape.pt"), "--gallery": str(files / "gallery_x.npz")}), "(batch, k) embeddings"),
+        (certify(**{"--sigma": "0"}), "--sigma: expected a finite number > 0"),
+        (certify(**{"--sigma": "abc"}), "--sigma: expected a number"),
+        (certify(**{"--n": "0"}), "--n: expected an integer >= 1"),
+        (certify(**{"--alpha": "1.5"}), "--alpha: expected a number in (0, 1)"),
+        (certify(**{"--recall-k": "0,1"}), "--recall-k"),
+        (certify(**{"--radii": "-1"}), "--radii"),
+        (certify(**{"--recall-k": "5000"}), "exceeds the gallery size"),
+    ]
+    if not rgf.has_cuda():
+        cases.append((certify(**{"--device": "cuda"}), "no CUDA GPU is available"))
+    for args, expected in cases:
+        line = _bad(tmp_path, files, *args)
+        assert expected in line, (args, line)
+    assert not (d / "o" / "results.jsonl").exists() or not (d / "o" / "results.jsonl").read_text()
+
+
+def test_debug_shows_the_traceback(files, tmp_path):
+    proc = cli("certify", "--model", "nothing-here", "--queries", str(files / "queries.npz"), "--gallery",
+               str(files / "gallery_emb.npz"), "--sigma", "0.25", "--out", str(tmp_path / "o"), "--debug",
+               cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
