@@ -61,7 +61,8 @@ def test_demo_writes_the_report(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_queries"] == 12
     assert set(summary["certified_recall_at_1"]) == {"vote", "gaussian", "lipschitz"}
-    assert 0 <= summary["clean_recall_at_1"] <= 1 and summary["parameters"]["mode"] == "fixed-n"
+    assert 0 <= summary["clean_recall_at_1"] <= 1 and summary["parameters"]["mode"] == "sequential"
+    assert all(r["mode"] == "sequential" for r in records)
     assert "torch" in summary["versions"] and summary["device"].startswith("cpu")
     assert (out / "summary.csv").read_text().startswith("model,metric,radius,value")
     png = (out / "certified_recall.png").read_bytes()
@@ -102,8 +103,10 @@ def test_the_same_folder_refuses_other_parameters_and_needs_resume(files, tmp_pa
     proc = cli(*base, "--sigma", "0.25", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "--resume" in proc.stderr
     assert (tmp_path / "o" / "results.jsonl").read_bytes() == before  # nothing lost or mixed
+    proc = cli(*base, "--sigma", "0.25", "--resume", "--batch-size", "77", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "batch_size differ" in proc.stderr
     # --resume on a finished run certifies nothing again and rewrites the same summary
-    proc = cli(*base, "--sigma", "0.25", "--resume", "--batch-size", "77", cwd=tmp_path)
+    proc = cli(*base, "--sigma", "0.25", "--resume", cwd=tmp_path)
     assert (tmp_path / "o" / "results.jsonl").read_bytes() == before
     assert "0 queries certified" in proc.stdout
 
@@ -126,11 +129,12 @@ def _wait_for_lines(path, count, proc, timeout=120):
     raise AssertionError("no results appeared")
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
-def test_resume_after_a_real_interruption_matches_an_uninterrupted_run(files, tmp_path, how):
+@pytest.mark.parametrize("how,mode", [("SIGKILL", "fixed-n"), ("SIGINT", "fixed-n"), ("SIGKILL", "sequential")])
+def test_resume_after_a_real_interruption_matches_an_uninterrupted_run(files, tmp_path, how, mode):
+    n = "6000" if mode == "fixed-n" else "40000"  # sequential stops early: a larger cap keeps it busy
     base = ["certify", "--model", str(files / "model.pt"), "--queries", str(files / "queries.npz"),
-            "--gallery", str(files / "gallery_x.npz"), "--sigma", "0.25", "--n", "6000", "--n0", "50",
-            "--batch-size", "1500", "--seed", "3", "--quiet"]
+            "--gallery", str(files / "gallery_x.npz"), "--sigma", "0.25", "--n", n, "--n0", "50",
+            "--batch-size", "1500", "--seed", "3", "--quiet", "--mode", mode, "--radii", "0.25,0.5,0.75"]
     cli(*base, "--out", str(tmp_path / "full"), cwd=tmp_path)
     reference = read_results(tmp_path / "full")
 
@@ -146,10 +150,12 @@ def test_resume_after_a_real_interruption_matches_an_uninterrupted_run(files, tm
     # A kill can land mid-write: simulate the torn last line explicitly.
     with open(out / "results.jsonl", "a") as f:
         f.write('{"index": 39, "label": 7, "clean_predi')
-    cli(*base, "--out", str(out), "--resume", "--batch-size", "999", cwd=tmp_path)
+    cli(*base, "--out", str(out), "--resume", cwd=tmp_path)
     resumed = read_results(out)
     assert len(resumed) == 40 and len({r["index"] for r in resumed}) == 40  # none lost, none twice
     assert strip_timing(resumed) == strip_timing(reference)  # identical to the uninterrupted run
+    assert all(r["mode"] == mode for r in resumed)
+    assert json.loads((out / "run.json").read_text())["mode"] == mode
 
 
 def _bad(tmp_path, files, *args):

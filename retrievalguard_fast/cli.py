@@ -281,9 +281,16 @@ def run(args, *, model, model_id: str, gallery, x: np.ndarray, labels: np.ndarra
         "model": model_id,
         "sigma": args.sigma, "n0": args.n0, "n": args.n, "alpha": args.alpha, "seed": args.seed,
         "recall_k": list(args.recall_k), "device_type": device.type, "num_queries": int(len(x)),
-        "mode": "fixed-n",
+        # The model always runs on batches of exactly this many rows, so results do not depend on
+        # how an interrupted run was resumed; a different batch size may change the last bits.
+        "batch_size": args.batch_size,
+        "mode": args.mode,
+        "model_stage": {"bf16_autocast": args.bf16, "channels_last": args.channels_last, "torch_compile": args.compile},
         **params_extra,
     }
+    if args.mode == "sequential":  # the stopping rule depends on the radii and the schedule
+        params["radii"] = list(args.radii)
+        params["first_checkpoint"] = args.first_checkpoint
     run_path = os.path.join(args.out, RUN)
     results_path = os.path.join(args.out, RESULTS)
     if os.path.exists(run_path):
@@ -306,7 +313,8 @@ def run(args, *, model, model_id: str, gallery, x: np.ndarray, labels: np.ndarra
     records = _read_results(results_path)
     done = {int(r["index"]) for r in records}
     todo = np.array([i for i in range(len(x)) if i not in done], dtype=np.int64)
-    retriever = SmoothedRetriever(model, gallery, args.sigma, device=device, batch_size=args.batch_size, seed=args.seed)
+    retriever = SmoothedRetriever(model, gallery, args.sigma, device=device, batch_size=args.batch_size, seed=args.seed,
+                                  bf16=args.bf16, channels_last=args.channels_last, compile=args.compile)
     total_samples = len(todo) * (args.n0 + args.n)
     log = _Progress(len(x), len(done), total_samples, quiet=getattr(args, "quiet", False))
     started = time.perf_counter()
@@ -318,7 +326,8 @@ def run(args, *, model, model_id: str, gallery, x: np.ndarray, labels: np.ndarra
                 for cert in retriever.iter_certify(
                         xt, labels[todo], exclude=None if exclude is None else exclude[todo], indices=todo,
                         n0=args.n0, n=args.n, alpha=args.alpha, ks=args.recall_k,
-                        on_batch=lambda s: log.samples(s)):
+                        sequential=args.mode == "sequential", radii=args.radii,
+                        first_checkpoint=min(args.first_checkpoint, args.n), on_batch=lambda s: log.samples(s)):
                     record = cert.to_dict()
                     out.write(json.dumps(record) + "\n")
                     out.flush()
@@ -337,7 +346,7 @@ def run(args, *, model, model_id: str, gallery, x: np.ndarray, labels: np.ndarra
     summary = summarize(certs, args.radii, ks=args.recall_k, seconds=sum(c.seconds for c in certs))
     summary["this_session"] = {"queries": int(len(todo)), "seconds": seconds,
                                "samples_per_second": samples_done / seconds if seconds > 0 and samples_done else None}
-    summary = {"parameters": params, "radii": list(args.radii), **summary, "device": _device_text(device),
+    summary = {"parameters": params, "mode": args.mode, "radii": list(args.radii), **summary, "device": _device_text(device),
                "versions": _versions()}
     _write_summary(args.out, summary)
     return summary
@@ -444,11 +453,14 @@ def _plot(out: str, summary: dict) -> None:
     top = max(finite + list(summary["radii"]) + [0.1]) * 1.05
     grid = np.linspace(0, top, 400)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    keys = {"vote (Cohen et al.)": "vote", "soft, Gaussian bound": "gaussian", "soft, Lipschitz bound (RetrievalGuard)": "lipschitz"}
     for name, (pk, rk, color) in curves.items():
         pred = np.array([r[pk] for r in records])
         rad = np.array([-np.inf if r[rk] is None else r[rk] for r in records])
         ok = pred == labels
         ax.plot(grid, [(ok & (rad >= g)).mean() for g in grid], label=name, color=color, lw=2)
+        asked = summary["certified_recall_at_1"][keys[name]]
+        ax.plot([float(r) for r in asked], list(asked.values()), "o", color=color, ms=5)
     ax.axhline(summary["clean_recall_at_1"], color="0.4", ls="--", lw=1, label="clean Recall@1 (no certificate)")
     p = summary["parameters"]
     ax.set_xlabel("l2 radius (input space)")
@@ -456,8 +468,10 @@ def _plot(out: str, summary: dict) -> None:
     ax.set_ylim(0, 1.02)
     ax.set_xlim(0, top)
     ax.grid(alpha=0.3)
-    ax.set_title(f"Certified Recall@1: sigma={p['sigma']}, n={p['n']}, alpha={p['alpha']}, {summary['num_queries']} queries",
-                 fontsize=10)
+    title = f"Certified Recall@1: sigma={p['sigma']}, n={p['n']}, alpha={p['alpha']}, {summary['num_queries']} queries"
+    if p.get("mode") == "sequential":
+        title += "\nsequential: exact at the asked radii (dots), a lower bound between them"
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "certified_recall.png.tmp.png"))
@@ -483,7 +497,9 @@ def print_table(summary: dict) -> None:
             print(f"  {'Recall@' + k + ', ' + key:<22}" + "".join(f"{vals[str(r)]:>9.3f}" for r in radii))
     s = summary["this_session"]
     rate = f", {s['samples_per_second']:,.0f} noisy samples/s" if s["samples_per_second"] else ""
-    print(f"\n{s['queries']} queries certified in {s['seconds']:.1f} s on {summary['device']}{rate}")
+    mean_samples = summary["samples"] / max(summary["num_queries"], 1)
+    print(f"\n{s['queries']} queries certified in {s['seconds']:.1f} s on {summary['device']}{rate}; "
+          f"mode {summary['mode']}, {mean_samples:,.0f} samples per query on average")
 
 
 # ---------------------------------------------------------------------- commands
@@ -504,7 +520,8 @@ def cmd_demo(args) -> int:
     if not args.quiet:
         print(f"demo: digits (scikit-learn), gallery {len(gallery)} images, {m} queries, "
               f"{'shipped' if shipped else 'freshly trained'} MLP trained at sigma={args.sigma}; "
-              f"n0={args.n0}, n={args.n}, alpha={args.alpha}, device {_device_text(device)}", file=sys.stderr)
+              f"n0={args.n0}, n={args.n}{' (cap)' if args.mode == 'sequential' else ''}, alpha={args.alpha}, "
+              f"mode {args.mode}, device {_device_text(device)}", file=sys.stderr)
     summary = run(args, model=model, model_id=f"digits-mlp-sigma{args.sigma:g}" + ("" if shipped else "-trained"),
                   gallery=gallery, x=data.query_x[:m], labels=data.query_y[:m], exclude=None,
                   params_extra={"data": "sklearn-digits-split0"})
@@ -540,7 +557,13 @@ def _add_run_options(p: argparse.ArgumentParser, *, sigma: Optional[float], out:
     p.add_argument("--sigma", type=_positive_float, default=sigma, required=sigma is None,
                    help="noise standard deviation in the model's input space" + (f" (default {sigma})" if sigma else ""))
     p.add_argument("--n0", type=_positive_int, default=100, help="selection samples per query (default 100)")
-    p.add_argument("--n", type=_positive_int, default=10_000, help="certification samples per query (default 10000)")
+    p.add_argument("--n", type=_positive_int, default=10_000,
+                   help="certification samples per query; the cap in sequential mode (default 10000)")
+    p.add_argument("--mode", choices=["sequential", "fixed-n"], default="sequential",
+                   help="sequential (default): stop each query once every --radii value is certified or out of "
+                        "reach (bounds at alpha/checkpoints); fixed-n: always draw n samples")
+    p.add_argument("--first-checkpoint", type=_positive_int, default=1000,
+                   help="sequential mode: the first checkpoint of the doubling schedule (default 1000)")
     p.add_argument("--alpha", type=_unit_interval, default=0.001, help="failure probability per query (default 0.001)")
     p.add_argument("--batch-size", type=_positive_int, default=2000, help="noisy samples per model call (default 2000)")
     p.add_argument("--seed", type=_seed, default=0, help="noise seed (default 0)")
@@ -550,6 +573,9 @@ def _add_run_options(p: argparse.ArgumentParser, *, sigma: Optional[float], out:
                    help="radii for the summary table (default 0,0.05,0.1,0.25,0.5,0.75,1)")
     p.add_argument("--out", default=out, required=out is None, help="output folder" + (f" (default {out})" if out else ""))
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast (a different base model)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format for the model")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 

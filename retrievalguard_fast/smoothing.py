@@ -12,7 +12,11 @@ mean normalised embedding. From those it certifies
   Gaussian and Lipschitz radii of DESIGN.md 3.2 and the McDiarmid Monte-Carlo bound, using all
   ``n0 + n`` samples, since that bound holds for every direction at once),
 
-beside the clean prediction. Guarantee, per query: with probability at least ``1 - alpha`` over
+beside the clean prediction. Results depend only on the seed, each query's stream index and the
+parameters; the batch size changes them only if the model's per-row output depends on the
+number of rows in its batch (torch's CPU kernels here: not for 64 rows or more).
+
+Guarantee, per query: with probability at least ``1 - alpha`` over
 the sampling, each reported radius R is certified: no perturbation of l2 norm below R changes
 that model's prediction (for the soft Recall@K radii: the true label stays among the K nearest).
 """
@@ -30,6 +34,7 @@ import torch
 from . import _ops
 from .certificates import nearest_label, soft_radii, vote_radius
 from .gallery import Gallery
+from .sequential import FIXED, Schedule, doubling_schedule, fixed_schedule, soft_decided, vote_decided
 from .stats import mean_embedding_deviation
 
 ABSTAIN = -1
@@ -71,8 +76,9 @@ class QueryCertificate:
     soft_lipschitz_radius: Optional[float]
     soft_deviation: float  # McDiarmid bound t on |F_hat - F|
     soft_recall_at_k: Dict[int, Dict[str, Optional[float]]] = field(default_factory=dict)
-    samples: int = 0
+    samples: int = 0  # noisy samples drawn for this query (n0 + vote_n)
     seconds: float = 0.0
+    mode: str = FIXED  # "fixed-n" or "sequential" (bounds at alpha / number of checkpoints)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -101,13 +107,18 @@ class SmoothedRetriever:
     embeddings; it is put in eval mode and run under ``torch.inference_mode()``.
     ``sigma``: noise level in that input space (radii are in the same space).
     ``batch_size``: noisy samples per model call; samples of several queries share a batch when
-    one query has fewer left. It changes speed, never results (as long as the model's output for
+    one query has fewer left, and the model always sees exactly this many rows (the last batch is
+    padded), so a sample's embedding never depends on how queries were packed. Model-stage options: ``bf16`` (run the model under bfloat16
+    autocast: a different, deterministic base model, usually faster on CPUs with AVX-512 BF16
+    and on GPUs), ``channels_last`` (NHWC memory format for convolutional models),
+    ``compile`` (``torch.compile`` the model; the first batches pay the compilation). It changes speed, never results (as long as the model's output for
     a row does not depend on the other rows of its batch, which holds for eval-mode models up to
     the floating-point blocking of the model's own kernels).
     """
 
     def __init__(self, model: torch.nn.Module, gallery: Gallery, sigma: float, *, device: Any = None,
-                 batch_size: int = 1000, seed: int = 0):
+                 batch_size: int = 1000, seed: int = 0, bf16: bool = False, channels_last: bool = False,
+                 compile: bool = False):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"SmoothedRetriever: model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(gallery, Gallery):
@@ -120,12 +131,30 @@ class SmoothedRetriever:
             raise ValueError("SmoothedRetriever: device cuda requested but no GPU is available")
         self.model = model.to(self.device).eval()
         self.gallery = gallery.to(self.device)
+        # Model-stage options. Each one runs a different, still deterministic base model (bf16
+        # rounds inside the model; the others only change speed, up to float rounding); the
+        # certificates hold for the model as run, and model_stage says which one that was.
+        self.bf16, self.channels_last, self.compile = bool(bf16), bool(channels_last), bool(compile)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self._forward = torch.compile(self.model) if self.compile else self.model
+
+    @property
+    def model_stage(self) -> Dict[str, bool]:
+        """The model-stage options in effect (recorded with every result)."""
+        return {"bf16_autocast": self.bf16, "channels_last": self.channels_last, "torch_compile": self.compile}
 
     # ------------------------------------------------------------------ checks
 
     def _embed(self, batch: torch.Tensor, what: str) -> torch.Tensor:
+        if self.channels_last and batch.ndim == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         try:
-            e = self.model(batch)
+            if self.bf16:
+                with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+                    e = self._forward(batch)
+            else:
+                e = self._forward(batch)
         except RuntimeError as exc:  # shape mismatches inside the model
             raise ValueError(f"{what}: the model failed on inputs of shape {tuple(batch.shape)}: {exc}") from exc
         if not isinstance(e, torch.Tensor) or e.ndim != 2 or e.shape[0] != batch.shape[0]:
@@ -173,9 +202,12 @@ class SmoothedRetriever:
     def clean_predictions(self, x: torch.Tensor, exclude: np.ndarray) -> np.ndarray:
         """Labels of the gallery rows nearest to the clean (noise-free) embeddings."""
         out = np.empty(len(x), dtype=np.int64)
+        buffer = torch.zeros((min(self.batch_size, len(x)),) + tuple(x.shape[1:]), dtype=torch.float32, device=self.device)
         with torch.inference_mode():
-            for a in range(0, len(x), self.batch_size):
-                e = self._embed(x[a : a + self.batch_size], "certify (clean pass)")
+            for a in range(0, len(x), len(buffer)):
+                rows = min(len(buffer), len(x) - a)
+                buffer[:rows] = x[a : a + rows]  # one batch shape throughout (see _Run.results)
+                e = self._embed(buffer, "certify (clean pass)")[:rows]
                 e = torch.nn.functional.normalize(e, dim=1)
                 ex = torch.as_tensor(exclude[a : a + self.batch_size], device=self.device)
                 try:
@@ -187,120 +219,206 @@ class SmoothedRetriever:
 
     def iter_certify(self, queries: Any, labels: Any = None, *, exclude: Any = None, indices: Any = None,
                      n0: int = 100, n: int = 10_000, alpha: float = 0.001, ks: Sequence[int] = (1,),
+                     radii: Optional[Sequence[float]] = None, sequential: bool = False, first_checkpoint: int = 1000,
                      on_batch: Optional[Callable[[int], None]] = None) -> Iterator[QueryCertificate]:
-        """Certify queries one by one, yielding each :class:`QueryCertificate` as it completes.
+        """Certify queries, yielding each :class:`QueryCertificate` as it completes.
 
         ``queries``: (M, *input_shape). ``labels``: true labels (for Recall@K radii and the
         summary), optional. ``exclude``: a gallery index per query to leave out (-1 for none).
         ``indices``: each query's noise stream (default 0..M-1); give the dataset index so that a
         query's result does not depend on which other queries are certified with it.
-        ``on_batch(samples)`` is called after each model batch (progress bars).
+
+        Fixed-n mode (default): every query draws ``n0`` selection and ``n`` certification
+        samples. ``sequential=True`` (with ``radii``, the radii that matter) makes ``n`` a cap: a
+        query stops at the first checkpoint of a doubling schedule (from ``first_checkpoint``)
+        where each radius is certified or out of reach, for the vote and the soft model; every
+        bound is then taken at level ``alpha / J`` over the ``J`` checkpoints (see
+        :mod:`retrievalguard_fast.sequential`). Results are reported at the stopping checkpoint.
+
+        Queries share batches: as one stops, the next starts, so batches stay full. Results are
+        yielded as queries complete (not necessarily in input order); ``on_batch(samples)`` is
+        called after each model batch (progress bars).
         """
         x, labels, exclude, indices, n0, n, alpha, ks = self._check_queries(
             queries, labels, exclude, indices, n0, n, alpha, ks)
+        if sequential:
+            if radii is None or len(radii) == 0:
+                raise ValueError("certify: sequential=True needs radii (the radii at which to decide each query)")
+            schedule = doubling_schedule(n, alpha, [float(r) for r in radii],
+                                         first=_ops._check_int("certify", "first_checkpoint", first_checkpoint, 1, n))
+        else:
+            schedule = fixed_schedule(n, alpha)
         m = len(x)
         if m == 0:
             return
         clean = self.clean_predictions(x, exclude)  # also validates the model on these inputs
-        total = n0 + n
-        dim, classes = self.gallery.dim, self.gallery.num_classes
-        deviation = mean_embedding_deviation(total, alpha, dim)
-        dev = self.device
-        counts_sel = torch.zeros((m, classes), dtype=torch.int64, device=dev)
-        counts_cert = torch.zeros((m, classes), dtype=torch.int64, device=dev)
-        sums = torch.zeros((m, dim), dtype=torch.float64, device=dev)
-        done = np.zeros(m, dtype=np.int64)
-        started = np.zeros(m)
-        buffer = torch.empty((self.batch_size,) + tuple(x.shape[1:]), dtype=torch.float32, device=dev)
-        check_each_batch = dev.type != "cuda"  # on CUDA: no per-batch synchronisation
+        run = _Run(self, x, labels, exclude, indices, clean, n0, schedule, ks)
+        yield from run.results(on_batch)
 
-        for batch in self._plan(m, n0, total):
+    def certify(self, queries: Any, labels: Any = None, **kwargs) -> List[QueryCertificate]:
+        """All queries' certificates as a list, in input order (see :meth:`iter_certify`)."""
+        certs = list(self.iter_certify(queries, labels, **kwargs))
+        order = {int(i): k for k, i in enumerate(kwargs.get("indices") if kwargs.get("indices") is not None
+                                                 else range(len(certs)))}
+        return sorted(certs, key=lambda c: order[c.index])
+
+
+@dataclass
+class _QueryState:
+    counts_sel: Any  # (classes,) int64 on the device: votes of the n0 selection samples
+    counts_cert: Any  # (classes,) int64: votes of the certification samples so far
+    sums: Any  # (dim,) float64: sum of all normalised noisy embeddings so far
+    planned: int = 0  # samples put into batches so far (selection first, then certification)
+    done: int = 0  # samples whose votes are in
+    checkpoint: int = 0  # index of the next checkpoint
+    started: float = 0.0
+
+
+class _Run:
+    """One certify call: schedules noisy samples of many queries into full batches, and
+    evaluates each query at its checkpoints."""
+
+    def __init__(self, retriever: SmoothedRetriever, x, labels, exclude, indices, clean, n0: int,
+                 schedule: Schedule, ks: Sequence[int]):
+        self.r, self.x, self.labels, self.exclude, self.indices, self.clean = retriever, x, labels, exclude, indices, clean
+        self.n0, self.schedule, self.ks = n0, schedule, ks
+        self.dim, self.classes = retriever.gallery.dim, retriever.gallery.num_classes
+        self.state: Dict[int, _QueryState] = {}
+
+    def _boundary(self, q: int) -> int:
+        """Sample index at which query q must pause: end of selection, or its next checkpoint."""
+        st = self.state[q]
+        return self.n0 if st.planned < self.n0 else self.n0 + self.schedule.checkpoints[st.checkpoint]
+
+    def _activate(self, q: int) -> None:
+        dev = self.r.device
+        self.state[q] = _QueryState(torch.zeros(self.classes, dtype=torch.int64, device=dev),
+                                    torch.zeros(self.classes, dtype=torch.int64, device=dev),
+                                    torch.zeros(self.dim, dtype=torch.float64, device=dev),
+                                    started=time.perf_counter())
+
+    def _plan_batch(self, active: List[int], pending: "deque[int]") -> List[_Chunk]:
+        batch: List[_Chunk] = []
+        room, i = self.r.batch_size, 0
+        while room > 0:
+            if i == len(active):
+                if not pending:
+                    break
+                q = pending.popleft()
+                self._activate(q)
+                active.append(q)
+            q = active[i]
+            st = self.state[q]
+            boundary = self._boundary(q)
+            if st.planned == boundary:  # waiting for its checkpoint to be evaluated
+                i += 1
+                continue
+            take = min(room, boundary - st.planned)
+            batch.append(_Chunk(q, st.planned, take, st.planned < self.n0))
+            st.planned += take
+            room -= take
+        return batch
+
+    def results(self, on_batch) -> Iterator[QueryCertificate]:
+        from collections import deque
+
+        r = self.r
+        dev = r.device
+        # The model always sees a full batch of batch_size rows (the tail of the last batch keeps
+        # older, finite samples and is ignored): math libraries pick kernels by matrix shape, and a
+        # row's output may change in its last bits with the batch's row count (seen on the CPU for
+        # batches under ~64 rows; GPU libraries choose algorithms by shape too). With one shape,
+        # a sample's embedding does not depend on how the queries were packed or resumed.
+        buffer = torch.zeros((r.batch_size,) + tuple(self.x.shape[1:]), dtype=torch.float32, device=dev)
+        check_each_batch = dev.type != "cuda"  # on CUDA: no per-batch synchronisation
+        pending = deque(range(len(self.x)))
+        active: List[int] = []
+        while active or pending:
+            batch = self._plan_batch(active, pending)
             rows = 0
             for c in batch:
-                if done[c.query] == 0 and started[c.query] == 0:
-                    started[c.query] = time.perf_counter()
-                _ops.gaussian_noise(x[c.query], self.sigma, c.count, seed=self.seed, stream=int(indices[c.query]),
+                _ops.gaussian_noise(self.x[c.query], r.sigma, c.count, seed=r.seed, stream=int(self.indices[c.query]),
                                     start=c.start, out=buffer[rows : rows + c.count], check=False)
                 rows += c.count
             with torch.inference_mode():
-                emb = self._embed(buffer[:rows], "certify")
+                emb = r._embed(buffer, "certify")[:rows]
             rows = 0
             for c in batch:
                 part = emb[rows : rows + c.count]
                 rows += c.count
+                st = self.state[c.query]
                 try:
-                    cnt, s = _ops.nn_vote(part, self.gallery.embeddings, self.gallery.labels, classes,
-                                          exclude=int(exclude[c.query]), check=check_each_batch)
+                    cnt, s = _ops.nn_vote(part, r.gallery.embeddings, r.gallery.labels, self.classes,
+                                          exclude=int(self.exclude[c.query]), check=check_each_batch)
                 except ValueError as exc:
-                    raise ValueError(f"certify: query {int(indices[c.query])}: model output is unusable ({exc})") from exc
-                (counts_sel if c.selection else counts_cert)[c.query] += cnt
-                sums[c.query] += s
-                done[c.query] += c.count
-                if done[c.query] == total:
-                    yield self._finish(c.query, int(indices[c.query]), labels, clean, exclude, counts_sel, counts_cert,
-                                       sums, n0, n, alpha, ks, deviation, started)
+                    raise ValueError(f"certify: query {int(self.indices[c.query])}: model output is unusable ({exc})") from exc
+                (st.counts_sel if c.selection else st.counts_cert).add_(cnt)
+                st.sums.add_(s)
+                st.done += c.count
             if on_batch is not None:
                 on_batch(rows)
+            for q in list(active):
+                st = self.state[q]
+                if st.done == st.planned == self.n0 + self.schedule.checkpoints[st.checkpoint]:
+                    cert = self._evaluate(q)
+                    if cert is None:
+                        st.checkpoint += 1
+                    else:
+                        active.remove(q)
+                        del self.state[q]
+                        yield cert
 
-    def certify(self, queries: Any, labels: Any = None, **kwargs) -> List[QueryCertificate]:
-        """All queries' certificates as a list (see :meth:`iter_certify`)."""
-        return list(self.iter_certify(queries, labels, **kwargs))
-
-    def _plan(self, m: int, n0: int, total: int) -> Iterator[List[_Chunk]]:
-        """Batches of at most batch_size samples; a chunk never straddles the n0 boundary, and
-        consecutive queries share a batch when the first has fewer samples left."""
-        batch: List[_Chunk] = []
-        room = self.batch_size
-        for q in range(m):
-            for lo, hi, sel in ((0, n0, True), (n0, total, False)):
-                s = lo
-                while s < hi:
-                    take = min(room, hi - s)
-                    batch.append(_Chunk(q, s, take, sel))
-                    s += take
-                    room -= take
-                    if room == 0:
-                        yield batch
-                        batch, room = [], self.batch_size
-        if batch:
-            yield batch
-
-    def _finish(self, q, index, labels, clean, exclude, counts_sel, counts_cert, sums, n0, n, alpha, ks,
-                deviation, started) -> QueryCertificate:
-        sel = counts_sel[q].cpu().numpy()
-        cert = counts_cert[q].cpu().numpy()
-        if int(sel.sum()) != n0 or int(cert.sum()) != n:  # CUDA path: rows with bad output cast no vote
+    def _evaluate(self, q: int) -> Optional[QueryCertificate]:
+        """The certificates of query q at its current checkpoint, or None to keep sampling."""
+        r, sch, st = self.r, self.schedule, self.state[q]
+        n_cert = sch.checkpoints[st.checkpoint]
+        final = st.checkpoint == len(sch.checkpoints) - 1
+        sel = st.counts_sel.cpu().numpy()
+        cert = st.counts_cert.cpu().numpy()
+        index = int(self.indices[q])
+        if int(sel.sum()) != self.n0 or int(cert.sum()) != n_cert:  # CUDA path: bad rows cast no vote
             raise ValueError(f"certify: query {index}: the model returned non-finite embeddings for "
-                             f"{n0 + n - int(sel.sum() + cert.sum())} noisy samples")
-        g = self.gallery
-        ex = int(exclude[q])
-        # Vote model: Cohen's CERTIFY.
+                             f"{self.n0 + n_cert - int(sel.sum() + cert.sum())} noisy samples")
+        g, ex, level = r.gallery, int(self.exclude[q]), sch.level
+        # Vote model: Cohen's CERTIFY (selection by the n0 samples, bound on the fresh ones).
         selected = int(np.argmax(sel))  # ties: lowest label
         count = int(cert[selected])
-        p_lower, r_vote = vote_radius(count, n, alpha, self.sigma)
         # Soft model: nearest label of the mean embedding, radii with the McDiarmid bound.
-        mean = sums[q].cpu().numpy() / float(n0 + n)
+        samples = self.n0 + n_cert
+        mean = st.sums.cpu().numpy() / float(samples)
+        deviation = mean_embedding_deviation(samples, level, self.dim)
         with _single_threaded_host_blas():
             predicted = nearest_label(mean, g.embeddings64, g.sq_norms64, g.labels_np, ex)
-            radii = soft_radii(mean, deviation, g.embeddings64, g.sq_norms64, g.labels_np, predicted, self.sigma,
-                               ex, (1,))
+            radii = soft_radii(mean, deviation, g.embeddings64, g.sq_norms64, g.labels_np, predicted, r.sigma, ex, (1,))
+            if not final:
+                if not vote_decided(count, n_cert, sch, r.sigma):
+                    return None
+                # The most the soft radius could reach at the cap: the estimate's upper edge
+                # (u.F_hat + t) with the cap's bound t_cap: deviation t_cap - t.
+                t_cap = mean_embedding_deviation(self.n0 + sch.cap, level, self.dim)
+                reach = soft_radii(mean, t_cap - deviation, g.embeddings64, g.sq_norms64, g.labels_np, predicted,
+                                   r.sigma, ex, (1,))
+                if not soft_decided(radii.gaussian, reach.gaussian, sch):
+                    return None
             rk = None
-            if labels is not None:
-                rk = radii if int(labels[q]) == predicted and ks == (1,) else soft_radii(
-                    mean, deviation, g.embeddings64, g.sq_norms64, g.labels_np, int(labels[q]), self.sigma, ex, ks)
+            if self.labels is not None:
+                label = int(self.labels[q])
+                rk = radii if label == predicted and tuple(self.ks) == (1,) else soft_radii(
+                    mean, deviation, g.embeddings64, g.sq_norms64, g.labels_np, label, r.sigma, ex, self.ks)
+        p_lower, r_vote = vote_radius(count, n_cert, level, r.sigma)
         certified = radii.gaussian > 0
         recall_at_k: Dict[int, Dict[str, Optional[float]]] = {}
         if rk is not None:
             recall_at_k = {k: {"gaussian": _finite_or_none(rk.gaussian_at_k[k]),
-                               "lipschitz": _finite_or_none(rk.lipschitz_at_k[k])} for k in ks}
+                               "lipschitz": _finite_or_none(rk.lipschitz_at_k[k])} for k in self.ks}
         return QueryCertificate(
             index=index,
-            label=None if labels is None else int(labels[q]),
-            clean_prediction=int(clean[q]),
+            label=None if self.labels is None else int(self.labels[q]),
+            clean_prediction=int(self.clean[q]),
             vote_prediction=selected if r_vote is not None else ABSTAIN,
             vote_selected=selected,
             vote_count=count,
-            vote_n=n,
+            vote_n=n_cert,
             vote_pA_lower=p_lower,
             vote_radius=r_vote,
             soft_prediction=predicted if certified else ABSTAIN,
@@ -308,8 +426,9 @@ class SmoothedRetriever:
             soft_lipschitz_radius=_finite_or_none(radii.lipschitz),
             soft_deviation=deviation,
             soft_recall_at_k=recall_at_k,
-            samples=n0 + n,
-            seconds=float(time.perf_counter() - started[q]),
+            samples=samples,
+            seconds=float(time.perf_counter() - st.started),
+            mode=sch.mode,
         )
 
 
