@@ -1,8 +1,14 @@
+import os
+
 import numpy as np
 import pytest
 import torch
 
 import retrievalguard_fast as rgf
+
+if os.environ.get("RGF_REQUIRE_CUDA") and not rgf.has_cuda():
+    # benchmarks/gpu_check.sh: on the GPU machine, GPU tests must run, not skip.
+    raise pytest.UsageError("RGF_REQUIRE_CUDA is set but retrievalguard_fast.has_cuda() is False: " + str(rgf.build_info()["cuda"]))
 
 # Array kinds every kernel test runs over: the same expectations pin each backend.
 KINDS = ["numpy", "torch"] + (["cuda"] if rgf.has_cuda() else [])

@@ -1,4 +1,4 @@
-"""Command line: ``python -m retrievalguard_fast {demo,certify,info}``.
+"""Command line: ``python -m retrievalguard_fast {demo,certify,bench,info}``.
 
 ``demo`` certifies the embedded default (scikit-learn's digits and a shipped noise-trained
 model); ``certify`` runs a user's model and data. Both write, into ``--out``:
@@ -546,6 +546,16 @@ def cmd_certify(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import run as run_bench
+
+    names = ["kernels", "certify"] if args.name == "all" else [args.name]
+    for name in names:
+        print(f"\n===== bench {name} =====", flush=True)
+        run_bench(name, args.bench_args)
+    return 0
+
+
 def cmd_info(_args) -> int:
     from . import __version__, build_info
 
@@ -600,6 +610,14 @@ def build_parser() -> argparse.ArgumentParser:
     cert.add_argument("--gallery", required=True, help=".npz with labels (N,) and embeddings (N, k) or images x (N, *input_shape)")
     _add_run_options(cert, sigma=None, out=None)
     cert.set_defaults(func=cmd_certify)
+    bench = sub.add_parser("bench", help="benchmarks against numpy/torch/faiss baselines, measured in the same run",
+                           description="Run a benchmark; options after the name go to it (e.g. bench kernels --help).")
+    bench.add_argument("name", nargs="?", default="all",
+                       choices=["all", "kernels", "certify", "sequential", "model-stage"],
+                       help="all (default: kernels, then certify), kernels, certify, sequential, model-stage")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options for that benchmark")
+    bench.add_argument("--debug", action="store_true")
+    bench.set_defaults(func=cmd_bench)
     info = sub.add_parser("info", help="what was compiled in, and which devices are usable")
     info.add_argument("--debug", action="store_true")
     info.set_defaults(func=cmd_info)

@@ -1,0 +1,37 @@
+"""The benchmark entry points run (tiny sizes; figures come from real runs, see benchmarks/RESULTS.md)."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def bench(tmp_path, *args):
+    proc = subprocess.run([sys.executable, "-m", "retrievalguard_fast", "bench", *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_bench_kernels_small(tmp_path):
+    out = bench(tmp_path, "kernels", "--device", "cpu", "--rows", "300", "--gallery", "700", "--dim", "16",
+                "--classes", "10", "--noise-samples", "200", "--repeat", "1", "--json", str(tmp_path / "k.json"))
+    assert "nn_vote CPU" in out and "gaussian_noise CPU" in out and "GFLOP/s" in out
+    assert (tmp_path / "k.json").exists()
+
+
+def test_bench_certify_small(tmp_path):
+    out = bench(tmp_path, "certify", "--queries", "3", "--n", "500", "--batch-size", "400", "--repeat", "1")
+    assert "speed-up over plain torch" in out
+
+
+def test_bench_sequential_small(tmp_path):
+    out = bench(tmp_path, "sequential", "--queries", "4", "--n", "4000", "--batch-size", "1000")
+    assert "fewer model evaluations" in out and "plain torch loop" in out
+
+
+@pytest.mark.slow
+def test_bench_model_stage_small(tmp_path):
+    out = bench(tmp_path, "model-stage", "--queries", "3", "--n", "500", "--configs", "baseline", "bf16 autocast",
+                "channels-last", "batch x4")
+    assert "bf16 autocast" in out

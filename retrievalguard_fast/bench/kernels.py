@@ -1,0 +1,277 @@
+"""Kernel benchmark: retrievalguard_fast against numpy, torch and faiss on the same data, in one run.
+
+    python -m retrievalguard_fast bench kernels                  # defaults of the issue, about a minute on 2 cores
+    python -m retrievalguard_fast bench kernels --rows 2000      # smaller
+    python -m retrievalguard_fast bench kernels --json out.json  # also write the figures
+
+For each kernel: correctness is checked against the baseline first, then every contender is
+warmed up and timed (best of --repeat; CUDA timings synchronise before reading the clock).
+Prints the hardware, each time, the ratio against ours (baseline time / our time, so >1x means we
+are faster) and the fraction of the machine's ceiling we reach: for nn_vote, FLOP/s (2 n N k)
+against a measured float32 matmul rate; for gaussian_noise, bytes written per second against a
+measured memory copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+from .. import _ops, build_info, has_cuda
+
+
+def best_time(fn, repeat, sync=None):
+    fn()  # warm-up
+    if sync:
+        sync()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware():
+    info = {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "threads_used": build_info()["cpu"]["threads"],
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+    }
+    try:
+        import faiss
+
+        info["faiss"] = faiss.__version__
+    except ImportError:
+        info["faiss"] = None
+    if has_cuda():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def vote_numpy(e, g, labels, classes, chunk=2048):
+    """normalise, matmul per chunk, argmin of |g|^2 - 2 e.g, bincount."""
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    gn = (g * g).sum(1)
+    nearest = np.empty(len(e), dtype=np.int64)
+    for a in range(0, len(e), chunk):
+        nearest[a : a + chunk] = np.argmin(gn[None, :] - 2 * (e[a : a + chunk] @ g.T), axis=1)
+    return np.bincount(labels[nearest], minlength=classes), e.sum(0)
+
+
+def vote_torch(e, g, labels, classes, chunk=2048):
+    e = torch.nn.functional.normalize(e, dim=1)
+    gn = (g * g).sum(1)
+    nearest = torch.empty(len(e), dtype=torch.int64, device=e.device)
+    for a in range(0, len(e), chunk):
+        nearest[a : a + chunk] = torch.argmin(gn[None, :] - 2 * (e[a : a + chunk] @ g.T), dim=1)
+    return torch.bincount(labels[nearest], minlength=classes), e.sum(0, dtype=torch.float64)
+
+
+def make_faiss_vote(g, labels, classes):
+    import faiss
+
+    index = faiss.IndexFlatL2(g.shape[1])
+    index.add(g)
+
+    def run(e):
+        e = e / np.linalg.norm(e, axis=1, keepdims=True)
+        _, nearest = index.search(e, 1)
+        return np.bincount(labels[nearest[:, 0]], minlength=classes), e.sum(0)
+
+    return run
+
+
+# ----------------------------------------------------------------------------- ceilings
+
+
+def matmul_rate(device, size=4096, repeat=3):
+    """Measured float32 matmul FLOP/s: the compute ceiling nn_vote is compared against."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else None
+    t = best_time(lambda: a @ b, repeat, sync)
+    return 2 * size**3 / t
+
+
+def copy_rate(device, nbytes=1 << 29, repeat=5):
+    """Measured memory copy bandwidth (bytes read + written per second)."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    sync = torch.cuda.synchronize if device == "cuda" else None
+    t = best_time(lambda: dst.copy_(src), repeat, sync)
+    return 2 * nbytes / t
+
+
+# ----------------------------------------------------------------------------- benchmarks
+
+
+def row(name, seconds, ours_seconds, extra=""):
+    ratio = seconds / ours_seconds
+    return {"contender": name, "seconds": seconds, "ratio": ratio, "note": extra}
+
+
+def print_table(title, rows, ceiling_text):
+    print(f"\n{title}")
+    print(f"  {'contender':<34}{'time':>12}{'ours vs it':>12}  note")
+    for r in rows:
+        print(f"  {r['contender']:<34}{r['seconds'] * 1e3:>10.1f}ms{r['ratio']:>11.2f}x  {r['note']}")
+    print(f"  {ceiling_text}")
+
+
+def bench_nn_vote_cpu(args, rng):
+    n, N, k, C = args.rows, args.gallery, args.dim, args.classes
+    e = rng.standard_normal((n, k)).astype(np.float32)
+    g = rng.standard_normal((N, k)).astype(np.float32)
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    labels = rng.integers(0, C, size=N)
+
+    # Correctness first, on a slice: our votes against numpy's (identical up to near ties).
+    m = min(n, 500)
+    ours_c, ours_s = _ops.nn_vote(e[:m], g, labels, C)
+    ref_c, ref_s = vote_numpy(e[:m], g, labels, C)
+    assert abs(ours_c - ref_c).sum() <= 2, "nn_vote disagrees with numpy"
+    assert np.allclose(ours_s, ref_s, atol=1e-3), "nn_vote embedding sum disagrees with numpy"
+
+    t_ours = best_time(lambda: _ops.nn_vote(e, g, labels, C), args.repeat)
+    results = [row("retrievalguard_fast nn_vote", t_ours, t_ours, f"{build_info()['cpu']['threads']} threads")]
+    if not args.skip_numpy:
+        results.append(row("numpy matmul+argmin+bincount", best_time(lambda: vote_numpy(e, g, labels, C), 1), t_ours))
+    et, gt, lt = torch.from_numpy(e), torch.from_numpy(g), torch.from_numpy(labels)
+    results.append(row("torch cpu mm+argmin+bincount", best_time(lambda: vote_torch(et, gt, lt, C), args.repeat), t_ours,
+                       f"{torch.get_num_threads()} threads"))
+    try:
+        faiss_vote = make_faiss_vote(g, labels, C)
+        fc, _ = faiss_vote(e[:m])
+        assert abs(fc - ref_c).sum() <= 2, "faiss disagrees with numpy"
+        results.append(row("faiss-cpu IndexFlatL2 k=1+bincount", best_time(lambda: faiss_vote(e), args.repeat), t_ours))
+    except ImportError:
+        print("  (faiss-cpu not installed: pip install faiss-cpu)")
+    flops = 2.0 * n * N * k
+    peak = matmul_rate("cpu")
+    ceiling = f"ours: {flops / t_ours / 1e9:.1f} GFLOP/s = {flops / t_ours / peak:.0%} of measured 4096^3 sgemm {peak / 1e9:.1f} GFLOP/s"
+    print_table(f"nn_vote CPU: {n} embeddings x {N} gallery x {k} dims, {C} classes", results, ceiling)
+    return {"kernel": "nn_vote", "device": "cpu", "shape": [n, N, k, C], "results": results,
+            "gflops": flops / t_ours / 1e9, "ceiling_gflops": peak / 1e9}
+
+
+def bench_noise_cpu(args):
+    shape = tuple(args.noise_shape)
+    x = np.random.default_rng(0).random(shape).astype(np.float32)
+    n = args.noise_samples
+    out = np.empty((n,) + shape, np.float32)
+    z = _ops.gaussian_noise(x, 1.0, 2000, seed=1)
+    assert abs(float((z - x).mean())) < 0.01 and abs(float((z - x).std()) - 1) < 0.01
+    t_ours = best_time(lambda: _ops.gaussian_noise(x, 0.25, n, seed=1, out=out), args.repeat)
+    results = [row("retrievalguard_fast gaussian_noise", t_ours, t_ours, "x + sigma z, out= buffer")]
+    xt = torch.from_numpy(x)
+    buf = torch.empty((n,) + shape)
+    results.append(row("torch.randn (normals only)", best_time(lambda: torch.randn((n,) + shape, out=buf), args.repeat), t_ours))
+    results.append(row("torch randn + x (the noisy batch)", best_time(lambda: torch.randn((n,) + shape, out=buf).mul_(0.25).add_(xt), args.repeat), t_ours))
+    results.append(row("numpy Generator.standard_normal", best_time(lambda: np.random.default_rng(1).standard_normal((n,) + shape, dtype=np.float32), 1), t_ours))
+    bw = copy_rate("cpu")
+    written = 4.0 * n * np.prod(shape)
+    ceiling = (f"ours: {written / t_ours / 1e9:.2f} GB/s written ({n * np.prod(shape) / t_ours / 1e9:.2f} G normals/s) = "
+               f"{written / t_ours / bw:.0%} of measured copy bandwidth {bw / 1e9:.1f} GB/s (read+write)")
+    print_table(f"gaussian_noise CPU: {n} copies of {shape}", results, ceiling)
+    return {"kernel": "gaussian_noise", "device": "cpu", "shape": [n, *shape], "results": results}
+
+
+def bench_cuda(args, rng):
+    dev = "cuda"
+    sync = torch.cuda.synchronize
+    n, N, k, C = args.cuda_rows, args.gallery, args.dim, args.classes
+    e = torch.randn(n, k, device=dev)
+    g = torch.nn.functional.normalize(torch.randn(N, k, device=dev), dim=1)
+    labels = torch.randint(0, C, (N,), device=dev)
+    ours_c, _ = _ops.nn_vote(e[:2000], g, labels, C)
+    ref_c, _ = vote_torch(e[:2000], g, labels, C)
+    assert int((ours_c - ref_c).abs().sum()) <= 4, "CUDA nn_vote disagrees with torch"
+    t_ours = best_time(lambda: _ops.nn_vote(e, g, labels, C, check=False), args.repeat, sync)
+    results = [row("retrievalguard_fast nn_vote (CUDA)", t_ours, t_ours, "fp32 FFMA tiles")]
+    results.append(row("torch mm+argmin+bincount (cuBLAS)", best_time(lambda: vote_torch(e, g, labels, C, chunk=8192), args.repeat, sync), t_ours))
+    flops = 2.0 * n * N * k
+    peak = matmul_rate(dev, 8192)
+    print_table(f"nn_vote CUDA ({torch.cuda.get_device_name()}): {n} x {N} x {k}", results,
+                f"ours: {flops / t_ours / 1e12:.2f} TFLOP/s = {flops / t_ours / peak:.0%} of measured fp32 matmul {peak / 1e12:.1f} TFLOP/s")
+    out = [{"kernel": "nn_vote", "device": "cuda", "shape": [n, N, k, C], "results": results}]
+
+    shape = tuple(args.noise_shape)
+    x = torch.rand(shape, device=dev)
+    m = args.cuda_noise_samples
+    buf = torch.empty((m,) + shape, device=dev)
+    z = _ops.gaussian_noise(x, 1.0, 2000, seed=1)
+    assert abs(float((z - x).std()) - 1) < 0.01
+    t_ours = best_time(lambda: _ops.gaussian_noise(x, 0.25, m, seed=1, out=buf), args.repeat, sync)
+    results = [row("retrievalguard_fast gaussian_noise (CUDA)", t_ours, t_ours)]
+    results.append(row("torch.randn (normals only)", best_time(lambda: torch.randn((m,) + shape, device=dev, out=buf), args.repeat, sync), t_ours))
+    results.append(row("torch randn + x", best_time(lambda: torch.randn((m,) + shape, device=dev, out=buf).mul_(0.25).add_(x), args.repeat, sync), t_ours))
+    bw = copy_rate(dev, 1 << 30)
+    written = 4.0 * m * np.prod(shape)
+    print_table(f"gaussian_noise CUDA: {m} copies of {shape}", results,
+                f"ours: {written / t_ours / 1e9:.0f} GB/s written = {written / t_ours / bw:.0%} of measured copy bandwidth {bw / 1e9:.0f} GB/s")
+    out.append({"kernel": "gaussian_noise", "device": "cuda", "shape": [m, *shape], "results": results})
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=20_000, help="noisy embeddings per nn_vote call (CPU)")
+    p.add_argument("--gallery", type=int, default=60_000, help="gallery rows")
+    p.add_argument("--dim", type=int, default=128, help="embedding dimension")
+    p.add_argument("--classes", type=int, default=11_000, help="label classes")
+    p.add_argument("--noise-samples", type=int, default=20_000, help="noisy copies (CPU)")
+    p.add_argument("--noise-shape", type=int, nargs="+", default=[3, 32, 32], help="shape of x")
+    p.add_argument("--cuda-rows", type=int, default=100_000)
+    p.add_argument("--cuda-noise-samples", type=int, default=100_000)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--skip-numpy", action="store_true", help="skip the (slow) numpy nn_vote baseline")
+    p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    p.add_argument("--json", help="write the figures to this file")
+    args = p.parse_args(argv)
+
+    hw = hardware()
+    print("hardware: " + ", ".join(f"{k}={v}" for k, v in hw.items()))
+    print("build:    " + json.dumps(build_info()["cpu"] | {"cuda": build_info()["cuda"]}, default=str))
+    rng = np.random.default_rng(0)
+    report = {"date": time.strftime("%Y-%m-%d"), "hardware": hw, "benchmarks": []}
+    if args.device in ("cpu", "all"):
+        report["benchmarks"].append(bench_nn_vote_cpu(args, rng))
+        report["benchmarks"].append(bench_noise_cpu(args))
+    if args.device in ("cuda", "all"):
+        if has_cuda():
+            report["benchmarks"].extend(bench_cuda(args, rng))
+        else:
+            print("\nCUDA: no usable GPU here (has_cuda() is False); CUDA benchmarks skipped")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2, default=float)
+
+
+if __name__ == "__main__":
+    main()
