@@ -383,6 +383,8 @@ class _Run:
         # Vote model: Cohen's CERTIFY (selection by the n0 samples, bound on the fresh ones).
         selected = int(np.argmax(sel))  # ties: lowest label
         count = int(cert[selected])
+        if not final and not vote_decided(count, n_cert, sch, r.sigma):  # cheap: checked first
+            return None
         # Soft model: nearest label of the mean embedding, radii with the McDiarmid bound.
         samples = self.n0 + n_cert
         mean = st.sums.cpu().numpy() / float(samples)
@@ -391,8 +393,6 @@ class _Run:
             predicted = nearest_label(mean, g.embeddings64, g.sq_norms64, g.labels_np, ex)
             radii = soft_radii(mean, deviation, g.embeddings64, g.sq_norms64, g.labels_np, predicted, r.sigma, ex, (1,))
             if not final:
-                if not vote_decided(count, n_cert, sch, r.sigma):
-                    return None
                 # The most the soft radius could reach at the cap: the estimate's upper edge
                 # (u.F_hat + t) with the cap's bound t_cap: deviation t_cap - t.
                 t_cap = mean_embedding_deviation(self.n0 + sch.cap, level, self.dim)
