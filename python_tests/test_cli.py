@@ -67,6 +67,11 @@ def test_demo_writes_the_report(tmp_path):
     assert (out / "summary.csv").read_text().startswith("model,metric,radius,value")
     png = (out / "certified_recall.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # Running it again re-reports the same run instead of failing or recomputing.
+    again = cli("demo", "--queries", "12", "--n", "500", "--n0", "20", cwd=tmp_path)
+    assert "already certified" in again.stdout and read_results(out) == records
+    other = cli("demo", "--queries", "12", "--n", "600", "--n0", "20", cwd=tmp_path, check=False)
+    assert other.returncode == 2 and "other parameters" in other.stderr
 
 
 @pytest.mark.parametrize("gallery", ["gallery_x.npz", "gallery_emb.npz"])

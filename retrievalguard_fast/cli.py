@@ -41,44 +41,25 @@ class CLIError(Exception):
 # ---------------------------------------------------------------------- argument types
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return v
+def _number(convert, ok, expected: str):
+    """An argparse type: ``convert`` the text, then require ``ok(value)``."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if convert is int else 'a number'}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _unit_interval(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 < v < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return v
-
-
-def _seed(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 0 <= v < 2**64:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**64), got {text!r}")
-    return v
+_positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+_unit_interval = _number(float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
+_positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
+_seed = _number(int, lambda v: 0 <= v < 2**64, "an integer in [0, 2**64)")
 
 
 def _int_list(text: str) -> List[int]:
@@ -293,7 +274,8 @@ def run(args, *, model, model_id: str, gallery, x: np.ndarray, labels: np.ndarra
         params["first_checkpoint"] = args.first_checkpoint
     run_path = os.path.join(args.out, RUN)
     results_path = os.path.join(args.out, RESULTS)
-    if os.path.exists(run_path):
+    has_results = os.path.exists(results_path) and os.path.getsize(results_path) > 0
+    if os.path.exists(run_path) and has_results:
         with open(run_path) as f:
             previous = json.load(f)
         if previous != params:
@@ -303,9 +285,9 @@ def run(args, *, model, model_id: str, gallery, x: np.ndarray, labels: np.ndarra
         if not args.resume:
             raise CLIError(f"--out {args.out} already holds results of this run; pass --resume to continue it "
                            "or choose a new --out")
-    elif os.path.exists(results_path) and os.path.getsize(results_path) > 0:
+    elif has_results:
         raise CLIError(f"--out {args.out} holds a results.jsonl without run.json; choose a new --out")
-    else:
+    else:  # nothing certified there yet (a fresh folder, or a run that stopped before its first query)
         with open(run_path + ".tmp", "w") as f:
             json.dump(params, f, indent=2)
         os.replace(run_path + ".tmp", run_path)
@@ -497,6 +479,9 @@ def print_table(summary: dict) -> None:
             print(f"  {'Recall@' + k + ', ' + key:<22}" + "".join(f"{vals[str(r)]:>9.3f}" for r in radii))
     s = summary["this_session"]
     rate = f", {s['samples_per_second']:,.0f} noisy samples/s" if s["samples_per_second"] else ""
+    if s["queries"] == 0:
+        print(f"\n(all {summary['num_queries']} queries were already certified in this folder; the table is "
+              "theirs. Delete the folder or pass another --out to recompute.)")
     mean_samples = summary["samples"] / max(summary["num_queries"], 1)
     print(f"\n{s['queries']} queries certified in {s['seconds']:.1f} s on {summary['device']}{rate}; "
           f"mode {summary['mode']}, {mean_samples:,.0f} samples per query on average")
@@ -512,6 +497,9 @@ def cmd_demo(args) -> int:
     from .gallery import Gallery
 
     device = _resolve_device(args.device)
+    # Rerunning the demo into the same folder continues (or just re-reports) the same run: its
+    # results are identical by construction. Other parameters into that folder are still refused.
+    args.resume = True
     data = load_digits_split()
     model = load_default_model(args.sigma).to(device)
     shipped = default_weights_path(args.sigma).exists()
@@ -582,7 +570,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, sigma: Optional[float], out:
     p.add_argument("--radii", type=_radii, default=list(DEFAULT_RADII),
                    help="radii for the summary table (default 0,0.05,0.1,0.25,0.5,0.75,1)")
     p.add_argument("--out", default=out, required=out is None, help="output folder" + (f" (default {out})" if out else ""))
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out (the demo always does)")
     p.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast (a different base model)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format for the model")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
