@@ -325,7 +325,11 @@ def run(args, *, model, model_id: str, gallery, x: np.ndarray, labels: np.ndarra
     log.close()
     seconds = time.perf_counter() - started
     certs = [_cert_from_record(r) for r in sorted(records, key=lambda r: r["index"])]
-    summary = summarize(certs, args.radii, ks=args.recall_k, seconds=sum(c.seconds for c in certs))
+    # Wall time of the whole run when this session certified every query; after a resume only
+    # the per-query times are known (they overlap where queries shared batches).
+    whole_run = len(todo) == len(x)
+    summary = summarize(certs, args.radii, ks=args.recall_k, seconds=seconds if whole_run else None)
+    summary["seconds_measure"] = "wall time of the run" if whole_run else "sum of per-query times (resumed run)"
     summary["this_session"] = {"queries": int(len(todo)), "seconds": seconds,
                                "samples_per_second": samples_done / seconds if seconds > 0 and samples_done else None}
     summary = {"parameters": params, "mode": args.mode, "radii": list(args.radii), **summary, "device": _device_text(device),

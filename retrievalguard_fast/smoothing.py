@@ -108,12 +108,13 @@ class SmoothedRetriever:
     ``sigma``: noise level in that input space (radii are in the same space).
     ``batch_size``: noisy samples per model call; samples of several queries share a batch when
     one query has fewer left, and the model always sees exactly this many rows (the last batch is
-    padded), so a sample's embedding never depends on how queries were packed. Model-stage options: ``bf16`` (run the model under bfloat16
-    autocast: a different, deterministic base model, usually faster on CPUs with AVX-512 BF16
-    and on GPUs), ``channels_last`` (NHWC memory format for convolutional models),
-    ``compile`` (``torch.compile`` the model; the first batches pay the compilation). It changes speed, never results (as long as the model's output for
-    a row does not depend on the other rows of its batch, which holds for eval-mode models up to
-    the floating-point blocking of the model's own kernels).
+    padded), so a sample's embedding never depends on how the queries were packed. It changes
+    speed, not results, as long as the model's output for a row does not depend on the number of
+    rows in its batch (see the module docstring).
+    Model-stage options: ``bf16`` (run the model under bfloat16 autocast: a different,
+    deterministic base model, usually faster on CPUs with AVX-512 BF16 and on GPUs),
+    ``channels_last`` (NHWC memory format, for convolutional models), ``compile``
+    (``torch.compile`` the model; the first batches pay the compilation).
     """
 
     def __init__(self, model: torch.nn.Module, gallery: Gallery, sigma: float, *, device: Any = None,
@@ -209,7 +210,7 @@ class SmoothedRetriever:
                 buffer[:rows] = x[a : a + rows]  # one batch shape throughout (see _Run.results)
                 e = self._embed(buffer, "certify (clean pass)")[:rows]
                 e = torch.nn.functional.normalize(e, dim=1)
-                ex = torch.as_tensor(exclude[a : a + self.batch_size], device=self.device)
+                ex = torch.as_tensor(exclude[a : a + rows], device=self.device)
                 try:
                     idx, *_ = _ops.nn_search(e, self.gallery.embeddings, exclude=ex)
                 except ValueError as exc:
@@ -447,7 +448,10 @@ def certified_accuracy(predictions: np.ndarray, radii: Sequence[Optional[float]]
 def summarize(certs: Sequence[QueryCertificate], radii: Sequence[float], *, ks: Sequence[int] = (1,),
               seconds: Optional[float] = None) -> dict:
     """Certified Recall@1 at each radius for each certificate, clean Recall@1, abstention rates,
-    average certified radii (0 for a wrong or abstained query), timing and throughput."""
+    average certified radii (0 for a wrong or abstained query), timing and throughput.
+
+    ``seconds``: the wall time of the run; if None, the sum of the per-query times, which
+    overlap when queries shared batches (so samples_per_second is then an underestimate)."""
     if any(c.label is None for c in certs):
         raise ValueError("summarize: every query needs its true label")
     labels = np.array([c.label for c in certs])
