@@ -207,8 +207,12 @@ def philox4x32(counter: Any, key: Any) -> Any:
     if backend == "cuda":
         torch = _torch()
         cuda = _backend._require_cuda_module(op, counter.device)
-        c32 = counters.to(torch.int64).to(torch.int32).contiguous()  # same bits as uint32
-        k32 = keys.to(torch.int64).expand(m, 2).to(torch.int32).contiguous()
+        def as_int32_bits(t):  # uint32 values -> int32 with the same bits (explicit wrap-around)
+            t = t.to(torch.int64)
+            return torch.where(t >= 2**31, t - 2**32, t).to(torch.int32).contiguous()
+
+        c32 = as_int32_bits(counters)
+        k32 = as_int32_bits(keys.expand(m, 2))
         out = torch.empty((m, 4), dtype=torch.int32, device=counter.device)
         cuda.philox4x32(_device_index(out), _cuda_stream(out), c32.data_ptr(), k32.data_ptr(), m, out.data_ptr())
         result = out.to(torch.int64) & _UINT32_MAX
