@@ -17,7 +17,8 @@ from .stats import clopper_pearson_lower
 LIPSCHITZ_FACTOR = math.sqrt(math.pi / 2.0)  # F is sqrt(2/pi)/sigma-Lipschitz along any unit u
 # Pairs of gallery rows closer than this (squared) get their distance recomputed directly,
 # so a near-duplicate pair never has its separation (the denominator of the margin) underestimated.
-_NEAR_DUPLICATE2 = 1e-6
+_NEAR_DUPLICATE2 = 1e-6  # relative to the rows' squared norms
+_ROUNDING_ALLOWANCE = 1e-9  # subtracted from every margin (in units of u.F), see soft_radii
 
 
 def vote_radius(count: int, n: int, alpha: float, sigma: float):
@@ -65,7 +66,8 @@ def soft_radii(
         R_lip(p, b)   = sigma sqrt(pi/2) (u.F_hat - deviation - tau)
         R_gauss(p, b) = sigma [Phi^-1((1 + u.F_hat - deviation)/2) - Phi^-1((1 + tau)/2)]
 
-    (R_gauss is +inf when tau <= -1, -inf when tau >= 1). The query's radius is
+    (R_gauss is +inf when tau < -1, -inf when tau >= 1; margins are reduced by 1e-9 to absorb
+    float64 rounding). The query's radius is
     ``max_p min_b``; for Recall@K it is ``max_p`` of the K-th smallest over b. The ``exclude``
     row takes no part. No positive gives -inf (never certified); no negative gives +inf.
     """
@@ -92,16 +94,27 @@ def soft_radii(
     for a in range(0, len(pos), chunk):
         p = pos[a : a + chunk]
         g_pos = g[p]
-        sep2 = gallery_sq_norms[p][:, None] + n2_neg[None, :] - 2.0 * (g_pos @ g_neg.T)  # |g_p - g_b|^2
-        if (sep2 < _NEAR_DUPLICATE2).any():
-            for i, j in np.argwhere(sep2 < _NEAR_DUPLICATE2):  # recompute near-duplicates directly
-                sep2[i, j] = float(np.sum((g_pos[i] - g_neg[j]) ** 2))
-        sep = np.sqrt(np.maximum(sep2, 0.0))
-        degenerate = sep == 0.0  # identical positive and negative rows can never be separated
+        n2_pos = gallery_sq_norms[p]
+        sep2 = n2_pos[:, None] + n2_neg[None, :] - 2.0 * (g_pos @ g_neg.T)  # |g_p - g_b|^2
         with np.errstate(divide="ignore", invalid="ignore"):
+            sep = np.sqrt(np.maximum(sep2, 0.0))
             uf = (proj[p][:, None] - proj_neg[None, :]) / sep
-            tau = (gallery_sq_norms[p][:, None] - n2_neg[None, :]) / (2.0 * sep)
-        lower = np.clip(uf - deviation, -1.0, 1.0)  # u.F >= this, and |u.F| <= |F| <= 1
+            tau = (n2_pos[:, None] - n2_neg[None, :]) / (2.0 * sep)
+        # Pairs close relative to their norms lose digits to cancellation in the expansions
+        # above: recompute them from differences, tau as (g_p - g_b).(g_p + g_b) / (2 sep).
+        close = sep2 < _NEAR_DUPLICATE2 * np.maximum(np.maximum(n2_pos[:, None], n2_neg[None, :]), 1.0)
+        for i, j in np.argwhere(close):
+            d = g_pos[i] - g_neg[j]
+            sep[i, j] = math.sqrt(float(d @ d))
+            if sep[i, j] > 0:
+                uf[i, j] = float(d @ f) / sep[i, j]
+                tau[i, j] = float(d @ (g_pos[i] + g_neg[j])) / (2.0 * sep[i, j])
+        degenerate = sep == 0.0  # identical positive and negative rows can never be separated
+        # u.F >= u.F_hat - deviation on the Monte-Carlo event, and |u.F| <= |F| <= 1. The
+        # allowance covers float64 rounding in u.F_hat and tau (errors ~1e-13 here), so the
+        # margin is never overstated; it costs ~1e-9 sigma of radius.
+        lower = np.clip(uf - deviation - _ROUNDING_ALLOWANCE, -1.0, 1.0)
+        tau = tau + _ROUNDING_ALLOWANCE
         lower[degenerate] = -math.inf
         tau[degenerate] = 0.0
         lip_margin = lower - tau
@@ -112,15 +125,20 @@ def soft_radii(
         # radius of each of the K negatives of smallest lower_pb; the K-th smallest radius is
         # therefore attained among the candidates, and the result is exact. (A normalised float32
         # gallery has tau within ~1e-7 of 0, so delta_p is tiny and there are few candidates.)
-        exact_tau = float(np.abs(tau).max()) < 1.0
+        # tau < -1: the pair holds for every F (u.F >= -1 > tau), radius +inf. tau = -1 exactly
+        # would need u.F > -1 strictly, which the bound cannot show: such pairs (within the
+        # allowance) get tau = -1 + 1e-9, a finite radius. tau >= 1: never holds.
+        always = tau < -1.0 - _ROUNDING_ALLOWANCE
+        tau = np.where(always, 0.0, np.maximum(tau, -1.0 + 1e-9))
+        exact_tau = not always.any() and float(tau.max()) < 1.0
         if exact_tau:
             tau_term_max = _half_quantile(tau.max(axis=1))
             tau_term_min = _half_quantile(tau.min(axis=1))
             delta = (tau_term_max - tau_term_min) / LIPSCHITZ_FACTOR * (1.0 + 1e-9) + 1e-15
         else:  # some tau <= -1 or >= 1: every pair exactly, with its infinite radii
             with np.errstate(divide="ignore", invalid="ignore"):
-                gauss_all = sigma * (_half_quantile(lower) - _half_quantile(np.clip(tau, -1.0, 1.0)))
-            gauss_all = np.where(tau <= -1.0, math.inf, np.where(tau >= 1.0, -math.inf, gauss_all))
+                gauss_all = sigma * (_half_quantile(lower) - _half_quantile(np.minimum(tau, 1.0)))
+            gauss_all = np.where(always, math.inf, np.where(tau >= 1.0, -math.inf, gauss_all))
             gauss_all[degenerate] = -math.inf
         for k in ks:
             if k > len(neg):  # fewer negatives than K: a positive is always in the top K

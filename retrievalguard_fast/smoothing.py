@@ -124,7 +124,9 @@ class SmoothedRetriever:
             raise TypeError(f"SmoothedRetriever: model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(gallery, Gallery):
             raise TypeError(f"SmoothedRetriever: gallery must be a Gallery, got {type(gallery).__name__}")
-        self.sigma = _ops._check_positive_float("SmoothedRetriever", "sigma", sigma)
+        # The noise kernels scale by float32(sigma); the certificates use that very value, so a
+        # sigma not representable in float32 never makes a radius (slightly) too large.
+        self.sigma = float(np.float32(_ops._check_positive_float("SmoothedRetriever", "sigma", sigma)))
         self.batch_size = _ops._check_int("SmoothedRetriever", "batch_size", batch_size, 1, 2**31 - 1)
         self.seed = _ops._check_int("SmoothedRetriever", "seed", seed, 0, 2**64 - 1)
         self.device = torch.device(device) if device is not None else gallery.device

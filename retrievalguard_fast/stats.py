@@ -51,11 +51,12 @@ def mean_embedding_deviation(samples: int, alpha: float, dim: int = 0) -> float:
 
     E|F_hat - F| <= sqrt(E|F_hat - F|^2) <= 1/sqrt(n), and one sample moves |F_hat - F| by at
     most 2/n, so McDiarmid gives the deviation term. ``dim`` adds the kernels' fixed-point
-    rounding (at most 2^-33 per coordinate, sqrt(dim) 2^-33 in norm) so the bound covers the
-    computed F_hat, not just the exact one.
+    rounding (at most 2^-33 per coordinate) so the bound covers the
+    computed F_hat, not just the exact one (counted twice, 2^-32 per coordinate, to cover the
+    float64 rounding of the normalisation too).
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    return (1.0 + math.sqrt(2.0 * math.log(1.0 / alpha))) / math.sqrt(samples) + math.sqrt(dim) * 2.0**-33
+    return (1.0 + math.sqrt(2.0 * math.log(1.0 / alpha))) / math.sqrt(samples) + math.sqrt(dim) * 2.0**-32
