@@ -114,7 +114,12 @@ PYBIND11_MODULE(_core, m) {
   });
   m.def("num_threads", &rgf::cpu_num_threads);
   m.attr("cpu_arch") = RGF_CPU_ARCH_NAME;
-  m.attr("kernel_abi") = 1;  // must equal retrievalguard_fast._backend.KERNEL_ABI
+  m.attr("kernel_abi") = 2;  // must equal retrievalguard_fast._backend.KERNEL_ABI
+#if defined(__AVX512F__)
+  m.attr("dot_kernel") = "avx512 fixed-order micro-kernel (8 x 32)";
+#else
+  m.attr("dot_kernel") = "portable fixed-order micro-kernel (8 x 32)";
+#endif
 #ifdef _OPENMP
   m.attr("openmp") = true;
 #else

@@ -71,6 +71,31 @@ def test_exact_ties_go_to_the_lower_index(kind, small_tiles):
     np.testing.assert_array_equal(np.flatnonzero(to_numpy(counts)), [0, 1, 3, 5])
 
 
+def test_ties_between_inexact_duplicates_go_to_the_lower_index_whatever_the_batch(kind):
+    """Duplicated gallery rows with ordinary float values, spread over several tiles: every dot
+    product is accumulated in one fixed order, so duplicates tie exactly and the lower index wins,
+    and a query's result does not depend on the other rows of its batch (an sgemm does not
+    promise either: its edge kernels round differently)."""
+    from retrievalguard_fast._backend import cpu_tile_sizes
+
+    rng = np.random.default_rng(0)
+    g = np.tile(rng.standard_normal(64).astype(np.float32), (300, 1))
+    q = rng.standard_normal((20, 64)).astype(np.float32)
+    labels = (np.arange(300) >= 256).astype(np.int64)
+    for tiles in [(512, 256), (3, 5), (7, 64)]:
+        with cpu_tile_sizes(*tiles):
+            i1, d1, i2, d2 = map(to_numpy, rgf.nn_search(to_kind(q, kind), to_kind(g, kind)))
+            assert (i1 == 0).all() and (i2 == 1).all() and (d1 == d2).all()
+            counts, _ = rgf.nn_vote(to_kind(q, kind), to_kind(g, kind), to_kind(labels, kind), 2)
+            assert to_numpy(counts).tolist() == [20, 0]
+    # Per-row results are the same alone and in a batch, for random data too.
+    q, g = random_problem(21, 37, 777, 48)
+    batch = rgf.nn_search(q, g)
+    for r in (0, 5, 36):
+        alone = rgf.nn_search(q[r : r + 1], g)
+        assert [a[0] for a in alone] == [b[r] for b in batch]
+
+
 @pytest.mark.parametrize("tiles", ["default", "tiny"])
 def test_exclude_skips_one_index_per_row(kind, tiles, request):
     if tiles == "tiny":

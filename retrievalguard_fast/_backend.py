@@ -7,7 +7,6 @@ driver and then reports no device.
 
 from __future__ import annotations
 
-import ctypes
 import glob
 import os
 import sys
@@ -15,29 +14,9 @@ from contextlib import contextmanager
 from typing import Iterator, Optional
 
 
-def _preload_openblas() -> str:
-    """Load scipy-openblas32's library globally so ``_core`` finds it under its soname.
-
-    ``_core`` also carries an rpath to that library; loading it by path here makes the import
-    work whatever the install layout (editable installs, --target directories).
-    """
-    import scipy_openblas32
-
-    candidates = sorted(glob.glob(os.path.join(scipy_openblas32.get_lib_dir(), "libscipy_openblas*")))
-    if not candidates:
-        raise ImportError(
-            "retrievalguard_fast: the scipy-openblas32 package has no library in "
-            f"{scipy_openblas32.get_lib_dir()}; reinstall it (pip install --force-reinstall scipy-openblas32)"
-        )
-    ctypes.CDLL(candidates[0], mode=ctypes.RTLD_GLOBAL)
-    return candidates[0]
-
-
-_OPENBLAS_PATH = _preload_openblas()
-
 # Bump with any change to the compiled modules' functions; checked at import so that Python code
 # and compiled modules of different versions are never mixed.
-KERNEL_ABI = 1
+KERNEL_ABI = 2
 
 
 def _find_installed_build() -> Optional[str]:
@@ -52,30 +31,8 @@ def _find_installed_build() -> Optional[str]:
     return None
 
 
-
-def _import_core():
-    """Import _core with a short OpenMP spin-wait for its (the system's) libgomp.
-
-    libgomp reads GOMP_SPINCOUNT once, when it is loaded. Its default lets idle worker threads
-    spin for up to ~300k iterations after each parallel region; in a certification loop that
-    alternates our kernels with a torch model (which has its own OpenMP runtime), the spinning
-    threads of one runtime steal the cores of the other and slowed the loop by 2-3x on a 2-core
-    machine. The variable is set only while _core (and with it libgomp) loads, then restored, so
-    the user's environment and other runtimes are untouched; an explicit setting is respected.
-    """
-    saved = os.environ.get("GOMP_SPINCOUNT")
-    if saved is None:
-        os.environ["GOMP_SPINCOUNT"] = "10000"
-    try:
-        from . import _core as core
-    finally:
-        if saved is None:
-            os.environ.pop("GOMP_SPINCOUNT", None)
-    return core
-
-
 try:
-    _core = _import_core()
+    from . import _core  # noqa: E402
 except ImportError:
     _installed = _find_installed_build()
     if _installed is None:
@@ -84,7 +41,7 @@ except ImportError:
             "(pip install .) rather than importing the source tree"
         ) from None
     sys.modules[__package__].__path__.append(_installed)  # type: ignore[attr-defined]
-    _core = _import_core()
+    from . import _core  # noqa: E402,F811
 
 if getattr(_core, "kernel_abi", None) != KERNEL_ABI:
     raise ImportError(
@@ -120,8 +77,7 @@ def build_info() -> dict:
             "openmp": bool(_core.openmp),
             "threads": int(_core.num_threads()),
             "march": str(_core.cpu_arch),
-            "blas": "OpenBLAS (scipy-openblas32) " + _openblas_version(),
-            "blas_library": _OPENBLAS_PATH,
+            "dot_kernel": str(_core.dot_kernel),
             "tile_sizes": tuple(_core.get_tile_sizes()),
         },
         "cuda": {"compiled": _cuda is not None},
@@ -138,17 +94,8 @@ def build_info() -> dict:
     return info
 
 
-def _openblas_version() -> str:
-    try:
-        import scipy_openblas32
-
-        return str(scipy_openblas32.__version__)
-    except Exception:  # pragma: no cover - informational only
-        return "unknown"
-
-
 def set_cpu_tile_sizes(rows: int, gallery_rows: int) -> None:
-    """Set the CPU kernels' tile shape (query rows x gallery rows per sgemm call).
+    """Set the CPU kernels' tile shape (query rows x gallery rows, rounded up to 32-row panels).
 
     Results do not depend on it (ties go to the lower index); only speed does. Tests shrink it
     so that small inputs run the tiled code paths that large ones use.

@@ -11,9 +11,8 @@
 #include <omp.h>
 #endif
 
-#include <cblas.h>  // scipy-openblas32: symbols carry the scipy_ prefix
-
 #include "../common/nn_math.h"
+#include "dot_tile.h"
 
 namespace rgf {
 namespace {
@@ -132,7 +131,8 @@ inline void tile_row_update(float* dots, const float* gn, int64_t width, int64_t
 template <class Top>
 std::vector<Top> tiled_search(const NNProblem& p, const RowTerms& rt, const std::vector<float>& gn) {
   const int64_t tile_rows = g_tile_rows.load();
-  const int64_t tile_gallery = g_tile_gallery.load();
+  // Gallery tiles are whole packed panels (dot_tile.h).
+  const int64_t tile_gallery = (g_tile_gallery.load() + kPanel - 1) / kPanel * kPanel;
   if (p.rows == 0 || p.gallery_rows == 0) return std::vector<Top>(p.rows, nn_empty<Top>());
   const int64_t row_blocks = (p.rows + tile_rows - 1) / tile_rows;
   const int64_t gallery_tiles = (p.gallery_rows + tile_gallery - 1) / tile_gallery;
@@ -144,12 +144,13 @@ std::vector<Top> tiled_search(const NNProblem& p, const RowTerms& rt, const std:
   segments = (gallery_tiles + tiles_per_segment - 1) / tiles_per_segment;
 
   std::vector<Top> partial(static_cast<size_t>(segments * p.rows));
+  const std::vector<float> panels = pack_gallery_panels(p.gallery, p.gallery_rows, p.dim);
   const int64_t tasks = row_blocks * segments;
   const bool parallel = tasks > 1 && p.rows * p.gallery_rows * p.dim > (int64_t{1} << 18);
 
 #pragma omp parallel if (parallel)
   {
-    std::vector<float> buffer(static_cast<size_t>(tile_rows * tile_gallery));
+    std::vector<float> buffer(static_cast<size_t>((tile_rows + kRows) * tile_gallery));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t rb = task / segments, seg = task % segments;
@@ -160,15 +161,15 @@ std::vector<Top> tiled_search(const NNProblem& p, const RowTerms& rt, const std:
       for (int64_t r = r0; r < r1; ++r) top[r] = nn_empty<Top>();
       for (int64_t g0 = s0; g0 < s1; g0 += tile_gallery) {
         const int64_t width = std::min(tile_gallery, s1 - g0);
-        // buffer[r, j] = q_r . g_(g0 + j)
-        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(r1 - r0),
-                          static_cast<blasint>(width), static_cast<blasint>(p.dim), 1.0f,
-                          p.queries + r0 * p.dim, static_cast<blasint>(p.dim),
-                          p.gallery + g0 * p.dim, static_cast<blasint>(p.dim), 0.0f,
-                          buffer.data(), static_cast<blasint>(width));
+        const int64_t npanels = (width + kPanel - 1) / kPanel;
+        const int64_t ld = npanels * kPanel;
+        // buffer[r, j] = q_r . g_(g0 + j), each accumulated in the fixed order of dot_tile.h
+        for (int64_t r = r0; r < r1; r += kRows)
+          dot_microtiles(p.queries + r * p.dim, std::min(kRows, r1 - r), p.dim, panels.data(), g0 / kPanel,
+                         npanels, buffer.data() + (r - r0) * ld, ld);
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t skip = p.exclude != nullptr && p.exclude[r] >= 0 ? p.exclude[r] - g0 : -1;
-          tile_row_update(buffer.data() + (r - r0) * width, gn.data() + g0, width, g0,
+          tile_row_update(buffer.data() + (r - r0) * ld, gn.data() + g0, width, g0,
                           rt.minus_two_scale[r], skip, top[r]);
         }
       }
@@ -179,13 +180,6 @@ std::vector<Top> tiled_search(const NNProblem& p, const RowTerms& rt, const std:
     for (int64_t r = 0; r < p.rows; ++r) nn_merge(result[r], partial[seg * p.rows + r]);
   return result;
 }
-
-struct OpenBlasSingleThreaded {
-  // Our own OpenMP threads call sgemm concurrently on separate tiles; OpenBLAS must not spawn
-  // threads of its own inside each call. This OpenBLAS copy (scipy-openblas32) is ours alone.
-  OpenBlasSingleThreaded() { scipy_openblas_set_num_threads(1); }
-};
-const OpenBlasSingleThreaded g_openblas_single_threaded;
 
 }  // namespace
 

@@ -1,6 +1,7 @@
-// Exact (float32) brute-force nearest neighbours on the CPU: tiled sgemm (OpenBLAS) for the dot
-// products, the top-1/top-2 selection and the vote in each tile's epilogue, so the
-// rows x gallery distance matrix is never materialised (memory: one tile per thread).
+// Exact (float32) brute-force nearest neighbours on the CPU: cache-sized tiles of dot products
+// from our fixed-order micro-kernel (dot_tile.h), the top-1/top-2 selection and the vote in each
+// tile's epilogue, so the rows x gallery distance matrix is never materialised (memory: the
+// packed gallery plus one tile per thread).
 // Same semantics as cuda/nn_cuda.h.
 #pragma once
 #include <cstdint>
@@ -29,8 +30,8 @@ void nn_search_cpu(const NNProblem& p, int64_t* index1, float* dist1, int64_t* i
 void nn_vote_cpu(const NNProblem& p, const int64_t* gallery_labels, int64_t num_classes,
                  int64_t* counts, double* embedding_sum);
 
-// Tile sizes (query rows x gallery rows per sgemm). Tests shrink them so small inputs run the
-// same tiled code paths that large ones do.
+// Tile sizes (query rows x gallery rows; the latter rounded up to whole 32-row panels). Tests
+// shrink them so small inputs run the same tiled code paths that large ones do.
 void set_cpu_tile_sizes(int64_t rows, int64_t gallery_rows);
 void get_cpu_tile_sizes(int64_t* rows, int64_t* gallery_rows);
 
