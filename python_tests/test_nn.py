@@ -255,6 +255,9 @@ SEARCH_BAD = [
     (dict(gallery=np.ones((0, 3), np.float32)), ValueError, "gallery is empty"),
     (dict(exclude=[5]), ValueError, "exclude values must be gallery indices"),
     (dict(exclude=[[0]]), ValueError, "exclude must be 1-D"),
+    (dict(exclude=np.array([2**64 - 1], np.uint64)), ValueError, "exclude has values above 2\\*\\*63 - 1"),
+    (dict(queries=np.array([[1.8e19, 0, 0]], np.float32)), ValueError, "too large for float32"),
+    (dict(queries=torch.eye(3)[:1].to_sparse()), TypeError, "queries must be a dense"),
 ]
 
 

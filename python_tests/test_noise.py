@@ -109,6 +109,9 @@ BAD = [
     (dict(sigma=-1.0), ValueError, "sigma must be a finite number > 0"),
     (dict(sigma=float("nan")), ValueError, "sigma must be a finite number > 0"),
     (dict(sigma="1"), TypeError, "sigma must be a real number"),
+    (dict(sigma=1e39), ValueError, "sigma must be representable in float32"),
+    (dict(sigma=1e-50), ValueError, "sigma must be representable in float32"),
+    (dict(out=torch.zeros(2, 4, requires_grad=True), x=torch.zeros(4)), TypeError, "out must not require grad"),
     (dict(n=0), ValueError, r"n must be in \[1,"),
     (dict(n=2.0), TypeError, "n must be an integer"),
     (dict(seed=-1), ValueError, "seed must be in"),
@@ -133,6 +136,13 @@ def test_bad_input(override, exc, match):
         rgf.gaussian_noise(x, sigma, n, **args)
     if out is not None:  # nothing half-written
         np.testing.assert_array_equal(to_numpy(out), before)
+
+
+def test_out_overlapping_x_is_refused_and_empty_x_returns_at_once():
+    buf = np.zeros((4, 100), np.float32)
+    with pytest.raises(ValueError, match="out overlaps x"):
+        rgf.gaussian_noise(buf[0], 1.0, 4, out=buf)
+    assert rgf.gaussian_noise(np.zeros(0, np.float32), 1.0, 2**40).shape == (2**40, 0)
 
 
 @requires_cuda

@@ -90,7 +90,11 @@ def _is_integer(a: Any) -> bool:
 
 def _as_array(op: str, name: str, a: Any) -> Any:
     """numpy arrays and tensors pass; other array-likes (lists) become numpy arrays."""
-    if _is_tensor(a) or isinstance(a, np.ndarray):
+    if _is_tensor(a):
+        if a.layout != _torch().strided:
+            raise TypeError(f"{op}: {name} must be a dense (strided) tensor, got layout {a.layout}")
+        return a
+    if isinstance(a, np.ndarray):
         return a
     try:
         arr = np.asarray(a)
@@ -122,7 +126,11 @@ def _int64(op: str, name: str, a: Any, ndim: int = 1) -> Any:
         raise TypeError(f"{op}: {name} must have an integer dtype, got {_dtype_name(a)}")
     if _is_tensor(a):
         torch = _torch()
+        if a.dtype == torch.uint64 and a.numel() and bool((a > 2**63 - 1).any()):  # would wrap to negative
+            raise ValueError(f"{op}: {name} has values above 2**63 - 1")
         return a.detach().to(torch.int64).contiguous()
+    if a.dtype.kind == "u" and a.size and int(a.max()) > 2**63 - 1:
+        raise ValueError(f"{op}: {name} has values above 2**63 - 1")
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
@@ -195,9 +203,15 @@ def philox4x32(counter: Any, key: Any) -> Any:
         if not _is_integer(a):
             raise TypeError(f"{op}: {name} must have an integer dtype, got {_dtype_name(a)}")
         if a.numel() if _is_tensor(a) else a.size:
+            if _is_tensor(a) and a.dtype in (_torch().uint16, _torch().uint32, _torch().uint64):
+                a = a.to(_torch().int64)  # min/max are not implemented for these; uint64 > 2**63 wraps negative
             lo, hi = (int(a.min()), int(a.max()))
             if lo < 0 or hi > _UINT32_MAX:
                 raise ValueError(f"{op}: {name} words must be in [0, 2**32 - 1], got values in [{lo}, {hi}]")
+    if _is_tensor(counter) and counter.dtype in (_torch().uint16, _torch().uint32, _torch().uint64):
+        counter = counter.to(_torch().int64)
+    if _is_tensor(key) and key.dtype in (_torch().uint16, _torch().uint32, _torch().uint64):
+        key = key.to(_torch().int64)
     counters = counter.reshape(-1, 4)
     m = counters.shape[0]
     keys = key.reshape(-1, 2)
@@ -257,6 +271,10 @@ def gaussian_noise(
     op = "gaussian_noise"
     x = _as_array(op, "x", x)
     sigma = _check_positive_float(op, "sigma", sigma)
+    with np.errstate(over="ignore"):
+        sigma32 = np.float32(sigma)
+    if not np.isfinite(sigma32) or sigma32 < np.finfo(np.float32).tiny:
+        raise ValueError(f"{op}: sigma must be representable in float32 (the kernels' precision), got {sigma}")
     n = _check_int(op, "n", n, 1, 2**62)
     seed = _check_int(op, "seed", seed, 0, _UINT64_MAX)
     stream = _check_int(op, "stream", stream, 0, _UINT32_MAX)
@@ -293,6 +311,8 @@ def gaussian_noise(
             out = _empty(x32, kind, shape, "float32")
     else:
         _check_out(op, "out", out, kind, shape, dtype=(want if backend == "cuda" else "float32"))
+        if _overlaps(out, x32):
+            raise ValueError(f"{op}: out overlaps x (copy 0 would overwrite x before the other copies read it)")
 
     if backend == "cuda":
         cuda = _backend._require_cuda_module(op, x32.device)
@@ -302,6 +322,17 @@ def gaussian_noise(
         _core.gaussian_noise(_numpy_view(x32).reshape(-1), sigma, n, seed, stream, start,
                              _numpy_view(out).reshape(-1))
     return out
+
+
+def _overlaps(a: Any, b: Any) -> bool:
+    """Whether two arrays (numpy or tensors of one kind) may share memory."""
+    if _is_tensor(a) and _is_tensor(b):
+        if a.device != b.device or a.numel() == 0 or b.numel() == 0:
+            return False
+        a0, a1 = a.data_ptr(), a.data_ptr() + a.numel() * a.element_size()
+        b0, b1 = b.data_ptr(), b.data_ptr() + b.numel() * b.element_size()
+        return a0 < b1 and b0 < a1
+    return bool(np.may_share_memory(_numpy_view(a), _numpy_view(b)))
 
 
 def _check_out(op: str, name: str, out: Any, kind: str, shape: Tuple[int, ...], dtype: Any) -> None:
@@ -318,6 +349,8 @@ def _check_out(op: str, name: str, out: Any, kind: str, shape: Tuple[int, ...], 
         want = torch.float32 if isinstance(dtype, str) else dtype
         ok_dtype = out.dtype == want
         contiguous = out.is_contiguous()
+        if out.requires_grad:
+            raise TypeError(f"{op}: {name} must not require grad (the kernels write into it directly)")
     if tuple(out.shape) != shape:
         raise ValueError(f"{op}: {name} must have shape {shape}, got {tuple(out.shape)}")
     if not ok_dtype:
@@ -444,7 +477,8 @@ def nn_vote(
 ) -> tuple:
     """The certifier's fused pass over one batch of (noisy) embeddings.
 
-    For each row of ``embeddings``: l2-normalise it (``normalize=True``; a zero row stays zero),
+    For each row of ``embeddings``: l2-normalise it (``normalize=True``; a zero row, or one of
+    norm below 1e-30 whose inverse norm would overflow, stays zero),
     find its nearest gallery row (skipping ``exclude``), and vote for that row's label. Returns
     ``(counts, embedding_sum)``: int64 vote counts of length ``num_classes``, and the float64
     sum of the (normalised) rows, shape ``(dim,)``. With ``normalize=False`` every row must

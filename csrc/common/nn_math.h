@@ -90,11 +90,18 @@ RGF_HD int64_t to_fixed(double v) {
 #endif
 }
 
+// Rows whose squared norm exceeds this are refused: |q|^2 + |g|^2 + 2|q||g| must stay finite in
+// float32 for the distance expansion to rank correctly.
+constexpr double kMaxRowNorm2 = 1e37;
+// Rows of norm below this are treated as zero when normalising (1/|e| would overflow float32).
+constexpr double kMinNormalizableNorm2 = 1e-60;
+
 // Scale of an embedding row with squared norm `norm2` (accumulated in float64): 1/|e| when
-// normalising. A zero row stays zero (scale 0), which keeps |e s| <= 1 as the certificates need.
+// normalising. A zero (or denormal-tiny) row stays zero (scale 0), which keeps |e s| <= 1 as the
+// certificates need.
 RGF_HD double row_scale(double norm2, bool normalize) {
   if (!normalize) return 1.0;
-  return norm2 > 0.0 ? 1.0 / sqrt(norm2) : 0.0;
+  return norm2 >= kMinNormalizableNorm2 ? 1.0 / sqrt(norm2) : 0.0;
 }
 
 }  // namespace rgf

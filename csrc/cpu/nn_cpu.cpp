@@ -37,10 +37,11 @@ inline double sum_squares(const float* v, int64_t dim) {
   return acc;
 }
 
-// First row index whose squared norm is not finite (NaN/inf values, or so large they overflow), or -1.
+// First row index whose squared norm is not finite (NaN/inf values) or too large for the float32
+// distance expansion (kMaxRowNorm2), or -1.
 int64_t first_bad_row(const std::vector<double>& norm2) {
   for (size_t i = 0; i < norm2.size(); ++i)
-    if (!std::isfinite(static_cast<float>(norm2[i]))) return static_cast<int64_t>(i);
+    if (!(norm2[i] <= kMaxRowNorm2)) return static_cast<int64_t>(i);
   return -1;
 }
 

@@ -35,6 +35,7 @@ inline void fill_tail(const float* x, int64_t dim, float sigma, uint64_t seed, u
 
 void gaussian_noise_cpu(const float* x, int64_t dim, float sigma, int64_t n, uint64_t seed,
                         uint32_t stream, uint64_t start, float* out) {
+  if (n <= 0 || dim <= 0) return;  // nothing to write (and no loop over n empty copies)
   const int64_t full_blocks = dim / 4;
   constexpr int64_t kChunkBlocks = 2048;  // work unit: 8192 elements
   const int64_t chunks_per_sample = std::max<int64_t>(1, (full_blocks + kChunkBlocks - 1) / kChunkBlocks);

@@ -37,7 +37,7 @@ __global__ void row_terms_kernel(const float* __restrict__ rows_data, int64_t ro
   if (r >= rows) return;
   const double n2 = warp_sum_squares(rows_data + r * dim, dim, lane);
   if (lane != 0) return;
-  const bool finite = isfinite(static_cast<float>(n2));
+  const bool finite = n2 <= kMaxRowNorm2;  // also false for NaN
   const bool outside = require_unit_ball && !normalize && n2 > kMaxUnnormalizedNorm2;
   if (!finite || outside) {
     atomicAdd(reinterpret_cast<unsigned long long*>(problems + (finite ? kRowsOutsideUnitBall : kBadRows)), 1ull);
@@ -61,7 +61,7 @@ __global__ void gallery_norms_kernel(const float* __restrict__ gallery, int64_t 
   const double n2 = warp_sum_squares(gallery + r * dim, dim, lane);
   if (lane != 0) return;
   const float f = static_cast<float>(n2);
-  if (!isfinite(f)) {
+  if (!(n2 <= kMaxRowNorm2)) {
     atomicAdd(reinterpret_cast<unsigned long long*>(problems + kBadGalleryRows), 1ull);
     gn[r] = NAN;
   } else {
