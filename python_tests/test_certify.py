@@ -5,7 +5,6 @@ import pytest
 import torch
 from scipy import stats
 
-import retrievalguard_fast as rgf
 from retrievalguard_fast.certificates import soft_radii
 from retrievalguard_fast.gallery import Gallery
 from retrievalguard_fast.smoothing import SmoothedRetriever, summarize

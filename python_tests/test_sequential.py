@@ -1,18 +1,15 @@
 """Sequential certification: validity by simulation with a known p_A, agreement with fixed n,
 independence of batch size."""
 
-import math
-
 import numpy as np
 import pytest
-import torch
 from scipy import stats
 
 from retrievalguard_fast.certificates import vote_radius
 from retrievalguard_fast.gallery import Gallery
 from retrievalguard_fast.sequential import doubling_schedule, fixed_schedule, vote_decided
 from retrievalguard_fast.smoothing import SmoothedRetriever
-from test_certify import SignModel, sign_setup
+from test_certify import sign_setup
 
 
 def test_doubling_schedule():

@@ -55,11 +55,6 @@ except ImportError:  # built without a CUDA compiler
     _cuda = None
 
 
-def cuda_module():
-    """The compiled CUDA module, or None when the package was built without CUDA."""
-    return _cuda
-
-
 def has_cuda() -> bool:
     """True when the CUDA backend was compiled in *and* a usable GPU and driver are present."""
     if _cuda is None:

@@ -495,8 +495,6 @@ def print_table(summary: dict) -> None:
 
 
 def cmd_demo(args) -> int:
-    import torch
-
     from .digits import default_weights_path, load_default_model, load_digits_split
     from .gallery import Gallery
 

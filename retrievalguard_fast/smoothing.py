@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
@@ -300,7 +301,7 @@ class _Run:
                                     torch.zeros(self.dim, dtype=torch.float64, device=dev),
                                     started=time.perf_counter())
 
-    def _plan_batch(self, active: List[int], pending: "deque[int]") -> List[_Chunk]:
+    def _plan_batch(self, active: List[int], pending: deque) -> List[_Chunk]:
         batch: List[_Chunk] = []
         room, i = self.r.batch_size, 0
         while room > 0:
@@ -323,8 +324,6 @@ class _Run:
         return batch
 
     def results(self, on_batch) -> Iterator[QueryCertificate]:
-        from collections import deque
-
         r = self.r
         dev = r.device
         # The model always sees a full batch of batch_size rows (the tail of the last batch keeps

@@ -17,7 +17,6 @@ import os
 import platform
 import time
 
-import numpy as np
 import torch
 
 from ..digits import load_default_model, load_digits_split
