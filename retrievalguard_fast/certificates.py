@@ -79,7 +79,7 @@ def soft_radii(
         keep[exclude] = False
     pos = np.flatnonzero(keep & (labels == label))
     neg = np.flatnonzero(keep & (labels != label))
-    ks = sorted(set(int(k) for k in ks))
+    ks = sorted(set(int(k) for k in ks) | {1})  # K = 1 is the query's radius itself
     if len(pos) == 0:
         none = {k: -math.inf for k in ks}
         return SoftRadii(-math.inf, -math.inf, dict(none), dict(none))
@@ -157,12 +157,7 @@ def soft_radii(
                 kth = _kth_smallest(gauss_all, k)
             kth = np.nan_to_num(kth, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
             best_gauss[k] = max(best_gauss[k], float(kth.max()))
-    g1 = best_gauss.get(1)
-    l1 = best_lip.get(1)
-    if g1 is None:  # K=1 not asked: compute it anyway for the prediction
-        r = soft_radii(f, deviation, g, gallery_sq_norms, labels, label, sigma, exclude, (1,), chunk)
-        g1, l1 = r.gaussian, r.lipschitz
-    return SoftRadii(g1, l1, best_gauss, best_lip)
+    return SoftRadii(best_gauss[1], best_lip[1], best_gauss, best_lip)
 
 
 def _half_quantile(v):

@@ -391,9 +391,12 @@ class _Run:
         samples = self.n0 + n_cert
         mean = st.sums.cpu().numpy() / float(samples)
         deviation = mean_embedding_deviation(samples, level, self.dim)
+        label = None if self.labels is None else int(self.labels[q])
         with _single_threaded_host_blas():
             predicted = nearest_label(mean, g.embeddings64, g.sq_norms64, g.labels_np, ex)
-            radii = soft_radii(mean, deviation, g.embeddings64, g.sq_norms64, g.labels_np, predicted, r.sigma, ex, (1,))
+            # Recall@K radii are for the true label: when it is the prediction, one call gives both.
+            radii = soft_radii(mean, deviation, g.embeddings64, g.sq_norms64, g.labels_np, predicted, r.sigma, ex,
+                               self.ks if label == predicted else (1,))
             if not final:
                 # The most the soft radius could reach at the cap: the estimate's upper edge
                 # (u.F_hat + t) with the cap's bound t_cap: deviation t_cap - t.
@@ -403,9 +406,8 @@ class _Run:
                 if not soft_decided(radii.gaussian, reach.gaussian, sch):
                     return None
             rk = None
-            if self.labels is not None:
-                label = int(self.labels[q])
-                rk = radii if label == predicted and tuple(self.ks) == (1,) else soft_radii(
+            if label is not None:
+                rk = radii if label == predicted else soft_radii(
                     mean, deviation, g.embeddings64, g.sq_norms64, g.labels_np, label, r.sigma, ex, self.ks)
         p_lower, r_vote = vote_radius(count, n_cert, level, r.sigma)
         certified = radii.gaussian > 0
@@ -415,7 +417,7 @@ class _Run:
                                "lipschitz": _finite_or_none(rk.lipschitz_at_k[k])} for k in self.ks}
         return QueryCertificate(
             index=index,
-            label=None if self.labels is None else int(self.labels[q]),
+            label=label,
             clean_prediction=int(self.clean[q]),
             vote_prediction=selected if r_vote is not None else ABSTAIN,
             vote_selected=selected,
