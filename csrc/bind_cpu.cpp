@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/nn_screen.h"
 #include "cpu/nn_cpu.h"
 #include "cpu/noise_cpu.h"
 
@@ -92,6 +93,38 @@ void nn_vote(const CArray<float>& embeddings, const CArray<float>& gallery, int6
   rgf::nn_vote_cpu(p, labels, num_classes, c, s);
 }
 
+// scores: (rows, gallery_rows) float32, or bfloat16 passed as its uint16 bit pattern.
+int64_t nn_vote_screened(const CArray<float>& embeddings, const CArray<float>& gallery, int64_t dim,
+                         const CArray<int64_t>& gallery_labels, int64_t num_classes,
+                         const CArray<int64_t>& exclude, bool normalize, const py::array& scores,
+                         int candidates, double rel_error, CArray<int64_t>& counts,
+                         CArray<double>& embedding_sum, CArray<int64_t>& nearest) {
+  const rgf::NNProblem p = problem(embeddings, gallery, dim, exclude, normalize);
+  require(gallery_labels, p.gallery_rows, "gallery_labels");
+  require(counts, num_classes, "counts");
+  require(embedding_sum, dim, "embedding_sum");
+  require(nearest, p.rows, "nearest");
+  rgf::ScreenScores s{};
+  if (scores.dtype().is(py::dtype::of<float>())) {
+    s.bfloat16 = false;
+  } else if (scores.dtype().is(py::dtype::of<uint16_t>())) {
+    s.bfloat16 = true;
+  } else {
+    throw std::invalid_argument("scores: expected float32 or uint16 (bfloat16 bits)");
+  }
+  if (!(scores.flags() & py::array::c_style) || scores.size() != p.rows * p.gallery_rows)
+    throw std::invalid_argument("scores: expected a C-contiguous (rows, gallery_rows) array");
+  s.data = scores.data();
+  s.candidates = candidates;
+  s.rel_error = rel_error;
+  const int64_t* labels = gallery_labels.data();
+  int64_t* c = counts.mutable_data();
+  double* e = embedding_sum.mutable_data();
+  int64_t* n = nearest.mutable_data();
+  py::gil_scoped_release release;
+  return rgf::nn_vote_screened_cpu(p, labels, num_classes, s, c, e, n);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -106,6 +139,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("nn_vote", &nn_vote, noconvert("embeddings"), noconvert("gallery"), py::arg("dim"),
         noconvert("gallery_labels"), py::arg("num_classes"), noconvert("exclude"),
         py::arg("normalize"), noconvert("counts"), noconvert("embedding_sum"));
+  m.def("nn_vote_screened", &nn_vote_screened, noconvert("embeddings"), noconvert("gallery"),
+        py::arg("dim"), noconvert("gallery_labels"), py::arg("num_classes"), noconvert("exclude"),
+        py::arg("normalize"), noconvert("scores"), py::arg("candidates"), py::arg("rel_error"),
+        noconvert("counts"), noconvert("embedding_sum"), noconvert("nearest"));
+  m.def("screen_key_bound", &rgf::screen_key_bound, py::arg("rel_error"), py::arg("dim"), py::arg("scale"),
+        py::arg("row_norm"), py::arg("gallery_norm2_max"));
   m.def("set_tile_sizes", &rgf::set_cpu_tile_sizes, py::arg("rows"), py::arg("gallery_rows"));
   m.def("get_tile_sizes", []() {
     int64_t r = 0, g = 0;
@@ -114,7 +153,8 @@ PYBIND11_MODULE(_core, m) {
   });
   m.def("num_threads", &rgf::cpu_num_threads);
   m.attr("cpu_arch") = RGF_CPU_ARCH_NAME;
-  m.attr("kernel_abi") = 2;  // must equal retrievalguard_fast._backend.KERNEL_ABI
+  m.attr("kernel_abi") = 3;  // must equal retrievalguard_fast._backend.KERNEL_ABI
+  m.attr("max_screen_candidates") = rgf::kMaxScreenCandidates;  // must equal retrievalguard_fast._backend.KERNEL_ABI
 #if defined(__AVX512F__)
   m.attr("dot_kernel") = "avx512 fixed-order micro-kernel (8 x 32)";
 #else

@@ -89,6 +89,21 @@ void nn_vote(int device, uintptr_t stream, uintptr_t embeddings, int64_t rows, u
                     ptr<double>(embedding_sum), ptr<int64_t>(problems));
 }
 
+// scores: (rows, gallery_rows) float32, or bfloat16 when scores_bf16.
+int64_t nn_vote_screened(int device, uintptr_t stream, uintptr_t embeddings, int64_t rows, uintptr_t gallery,
+                         int64_t gallery_rows, int64_t dim, uintptr_t gallery_labels, int64_t num_classes,
+                         uintptr_t exclude, bool normalize, uintptr_t scores, bool scores_bf16, int candidates,
+                         double rel_error, uintptr_t counts, uintptr_t embedding_sum, uintptr_t nearest,
+                         uintptr_t problems) {
+  py::gil_scoped_release release;
+  const auto p = problem(device, stream, embeddings, rows, gallery, gallery_rows, dim, exclude,
+                         normalize);
+  const rgf::ScreenScoresCuda s{ptr<const void>(scores), scores_bf16, candidates, rel_error};
+  return rgf::nn_vote_screened_cuda(p, ptr<const int64_t>(gallery_labels), num_classes, s,
+                                    ptr<int64_t>(counts), ptr<double>(embedding_sum),
+                                    ptr<int64_t>(nearest), ptr<int64_t>(problems));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
@@ -100,6 +115,7 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("philox4x32", &philox4x32);
   m.def("nn_search", &nn_search);
   m.def("nn_vote", &nn_vote);
+  m.def("nn_vote_screened", &nn_vote_screened);
   m.attr("num_problem_slots") = static_cast<int>(rgf::kNumProblemSlots);
   m.attr("architectures") = RGF_CUDA_ARCHS;
   m.attr("compiler_version") = RGF_CUDA_COMPILER_VERSION;

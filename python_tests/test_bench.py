@@ -1,5 +1,6 @@
 """The benchmark entry points run (tiny sizes; figures come from real runs, see benchmarks/RESULTS.md)."""
 
+import json
 import subprocess
 import sys
 
@@ -17,7 +18,10 @@ def test_bench_kernels_small(tmp_path):
     out = bench(tmp_path, "kernels", "--device", "cpu", "--rows", "300", "--gallery", "700", "--dim", "16",
                 "--classes", "10", "--noise-samples", "200", "--repeat", "1", "--json", str(tmp_path / "k.json"))
     assert "nn_vote CPU" in out and "gaussian_noise CPU" in out and "GFLOP/s" in out
-    assert (tmp_path / "k.json").exists()
+    report = json.loads((tmp_path / "k.json").read_text())
+    modes = next(b for b in report["benchmarks"] if b["kernel"] == "nn_vote modes")["modes"]
+    ours = [m for m in modes if m["mode"].startswith("ours")]
+    assert len(ours) == 3 and all(m["differs"] == 0.0 for m in ours)  # screened modes are exact
 
 
 def test_bench_certify_small(tmp_path):

@@ -13,17 +13,19 @@ converted: one that does not fit exactly is refused, so no result is written to 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import sys
-from typing import Any, Optional, Tuple
+import warnings
+from typing import Any, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from . import _backend
 from ._backend import _core
 
-__all__ = ["philox4x32", "gaussian_noise", "nn_search", "nn_vote"]
+__all__ = ["philox4x32", "gaussian_noise", "nn_search", "nn_vote", "nn_vote_screened", "screen_rel_error", "ScreenedVote"]
 
 _UINT32_MAX = 2**32 - 1
 _UINT64_MAX = 2**64 - 1
@@ -465,6 +467,29 @@ def nn_search(queries: Any, gallery: Any, *, exclude: Any = None, check: bool = 
     return index1, dist1, index2, dist2
 
 
+def _vote_args(op: str, embeddings: Any, gallery: Any, gallery_labels: Any, num_classes: Any, exclude: Any,
+               normalize: Any) -> tuple:
+    """The checked arguments of nn_vote / nn_vote_screened."""
+    labels_arg = _as_array(op, "gallery_labels", gallery_labels)
+    exclude = _exclude_arg(op, exclude)
+    backend, kind, e, g = _nn_inputs(
+        op, "embeddings", embeddings, gallery, {"gallery_labels": labels_arg, "exclude": exclude}
+    )
+    num_classes = _check_int(op, "num_classes", num_classes, 1, 2**62)
+    if not isinstance(normalize, (bool, np.bool_)):
+        raise TypeError(f"{op}: normalize must be a bool, got {type(normalize).__name__}")
+    rows, gallery_rows = int(e.shape[0]), int(g.shape[0])
+    if rows > _MAX_VOTE_ROWS:
+        raise ValueError(f"{op}: embeddings has {rows} rows; at most 2**31 - 1 per call (split the batch)")
+    labels = _int64(op, "gallery_labels", labels_arg)
+    if labels.shape[0] != gallery_rows:
+        raise ValueError(f"{op}: gallery_labels must have one label per gallery row ({gallery_rows}), got {labels.shape[0]}")
+    ex = _exclude(op, exclude, rows, gallery_rows, e, backend)
+    if gallery_rows == 1 and ex is not None and rows and int((ex == 0).sum()) > 0:
+        raise ValueError(f"{op}: exclude removes the only gallery row, leaving nothing to vote for")
+    return backend, kind, e, g, labels, num_classes, ex, bool(normalize)
+
+
 def nn_vote(
     embeddings: Any,
     gallery: Any,
@@ -474,6 +499,7 @@ def nn_vote(
     exclude: Any = None,
     normalize: bool = True,
     check: bool = True,
+    precision: str = "exact",
 ) -> tuple:
     """The certifier's fused pass over one batch of (noisy) embeddings.
 
@@ -492,25 +518,19 @@ def nn_vote(
     ``check`` (CUDA only): read the kernel's problem counters back (one synchronisation) and
     raise on non-finite rows or bad labels. With ``check=False`` nothing synchronises; offending
     rows then cast no vote, so ``counts.sum() < rows`` reveals them.
+
+    ``precision``: ``"exact"`` (the default) runs the fused float32 kernel; ``"tf32"`` or
+    ``"bf16"`` screens candidates with a tensor-core matmul first (:func:`nn_vote_screened`),
+    with the same result bit for bit.
     """
     op = "nn_vote"
-    labels_arg = _as_array(op, "gallery_labels", gallery_labels)
-    exclude = _exclude_arg(op, exclude)
-    backend, kind, e, g = _nn_inputs(
-        op, "embeddings", embeddings, gallery, {"gallery_labels": labels_arg, "exclude": exclude}
-    )
-    num_classes = _check_int(op, "num_classes", num_classes, 1, 2**62)
-    if not isinstance(normalize, (bool, np.bool_)):
-        raise TypeError(f"{op}: normalize must be a bool, got {type(normalize).__name__}")
+    if precision != "exact":
+        result = nn_vote_screened(embeddings, gallery, gallery_labels, num_classes, precision=precision,
+                                  exclude=exclude, normalize=normalize, check=check)
+        return result.counts, result.embedding_sum
+    backend, kind, e, g, labels, num_classes, ex, normalize = _vote_args(
+        op, embeddings, gallery, gallery_labels, num_classes, exclude, normalize)
     rows, dim, gallery_rows = int(e.shape[0]), int(e.shape[1]), int(g.shape[0])
-    if rows > _MAX_VOTE_ROWS:
-        raise ValueError(f"{op}: embeddings has {rows} rows; at most 2**31 - 1 per call (split the batch)")
-    labels = _int64(op, "gallery_labels", labels_arg)
-    if labels.shape[0] != gallery_rows:
-        raise ValueError(f"{op}: gallery_labels must have one label per gallery row ({gallery_rows}), got {labels.shape[0]}")
-    ex = _exclude(op, exclude, rows, gallery_rows, e, backend)
-    if gallery_rows == 1 and ex is not None and rows and int((ex == 0).sum()) > 0:
-        raise ValueError(f"{op}: exclude removes the only gallery row, leaving nothing to vote for")
 
     counts = _empty(e, kind, (num_classes,), "int64")
     embedding_sum = _empty(e, kind, (dim,), "float64")
@@ -519,12 +539,175 @@ def nn_vote(
         cuda = _backend._require_cuda_module(op, e.device)
         problems = torch.zeros(int(cuda.num_problem_slots), dtype=torch.int64, device=e.device)
         cuda.nn_vote(_device_index(e), _cuda_stream(e), e.data_ptr(), rows, g.data_ptr(), gallery_rows, dim,
-                     labels.data_ptr(), num_classes, ex.data_ptr() if ex is not None else 0, bool(normalize),
+                     labels.data_ptr(), num_classes, ex.data_ptr() if ex is not None else 0, normalize,
                      counts.data_ptr(), embedding_sum.data_ptr(), problems.data_ptr())
         if check:
             _raise_cuda_problems(op, "embeddings", problems)
     else:
         ex_np = _numpy_view(ex) if ex is not None else np.empty(0, dtype=np.int64)
         _core.nn_vote(_numpy_view(e).reshape(-1), _numpy_view(g).reshape(-1), dim, _numpy_view(labels), num_classes,
-                      ex_np, bool(normalize), _numpy_view(counts), _numpy_view(embedding_sum))
+                      ex_np, normalize, _numpy_view(counts), _numpy_view(embedding_sum))
     return counts, embedding_sum
+
+
+# ----------------------------------------------------------------------------- screened search
+
+SCREEN_PRECISIONS = ("tf32", "bf16")
+MAX_SCREEN_CANDIDATES = int(getattr(_core, "max_screen_candidates", 16))
+
+
+class ScreenedVote(NamedTuple):
+    """Result of :func:`nn_vote_screened`."""
+
+    counts: Any          #: int64 votes per class, as nn_vote
+    embedding_sum: Any   #: float64 sum of the normalised rows, as nn_vote
+    nearest: Any         #: int64 nearest gallery index per row (-1 where none)
+    undecided_rows: int  #: rows the screen could not decide; the exact kernel searched them
+
+
+def screen_rel_error(precision: str, dim: int) -> float:
+    """Bound on the screening matmul's error: ``|score - q.g| <= screen_rel_error * |q| |g|``.
+
+    docs/certification.md section 6 derives it. Products of TF32 or bf16 inputs are exact in
+    float32; the terms are: rounding of each input (TF32: to nearest by us, 2^-11; bf16: to
+    nearest by torch, 2^-8), float32 accumulation of ``dim`` products in any order with rounding
+    or truncation (``(dim + 1) 2^-23``), and for bf16 the output rounding (2^-7, which also covers
+    truncation). Every term uses ``sum_i |q_i g_i| <= |q| |g|``.
+    """
+    if precision not in SCREEN_PRECISIONS:
+        raise ValueError(f"precision must be one of {SCREEN_PRECISIONS}, got {precision!r}")
+    u_in = 2.0**-11 if precision == "tf32" else 2.0**-8
+    input_rounding = 2.0 * u_in + u_in * u_in
+    accumulation = (dim + 1) * 2.0**-23 * (1.0 + u_in) ** 2
+    if precision == "tf32":
+        return input_rounding + accumulation
+    output_rounding = 2.0**-7 * (1.0 + u_in) ** 2 * (1.0 + (dim + 1) * 2.0**-23)
+    return input_rounding + accumulation + output_rounding
+
+
+def _round_to_tf32(x: Any) -> Any:
+    """float32 values rounded to the nearest TF32 value (10 explicit mantissa bits, ties to even).
+
+    Done by us, in integer arithmetic on the bit patterns, so the tensor cores' own conversion
+    (round or truncate) leaves the values unchanged and the error bound does not depend on it.
+    Inputs are finite and far below the overflow threshold (norms are checked).
+    """
+    torch = _torch()
+    bits = x.view(torch.int32)
+    rounded = (bits + (0x0FFF + ((bits >> 13) & 1))) & -0x2000
+    return rounded.view(torch.float32)
+
+
+@contextlib.contextmanager
+def _screen_matmul_flags(device: Any, precision: str):
+    """TF32 allowed for the TF32 screen; bf16 reductions kept in float32 (the bound assumes it)."""
+    torch = _torch()
+    if device.type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    old_precision = torch.get_float32_matmul_precision()
+    old_reduction = matmul.allow_bf16_reduced_precision_reduction
+    try:
+        if precision == "tf32":
+            torch.set_float32_matmul_precision("high")
+        matmul.allow_bf16_reduced_precision_reduction = False
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old_precision)
+        matmul.allow_bf16_reduced_precision_reduction = old_reduction
+
+
+def _screen_operand(x: Any, precision: str) -> Any:
+    return _round_to_tf32(x) if precision == "tf32" else x.to(_torch().bfloat16)
+
+
+def nn_vote_screened(
+    embeddings: Any,
+    gallery: Any,
+    gallery_labels: Any,
+    num_classes: int,
+    *,
+    precision: str = "tf32",
+    candidates: int = 8,
+    exclude: Any = None,
+    normalize: bool = True,
+    check: bool = True,
+    chunk_bytes: Optional[int] = None,
+) -> ScreenedVote:
+    """:func:`nn_vote` with a tensor-core screen: the same counts and sum, bit for bit, and faster on GPUs.
+
+    Rows are processed in chunks. For each chunk, torch multiplies the rows by the gallery in
+    low precision (``precision="tf32"``: inputs rounded to TF32, float32 output;
+    ``"bf16"``: bfloat16 inputs and output; on a GPU both run on tensor cores), which costs
+    ``chunk_bytes`` of scratch (default 1 GiB on CUDA, 64 MiB on the CPU). The kernel then keeps
+    the ``candidates`` best gallery rows per row by these scores, rescores them with the exact
+    mode's float32 arithmetic, and accepts the best one only when the screening error bound
+    (:func:`screen_rel_error`, docs/certification.md section 6) proves that no other gallery row
+    can beat it. The rows it cannot decide (near ties within the screening error) are searched
+    again by the exact kernel. So the nearest index of every row is exactly what the exact mode
+    returns; ``undecided_rows`` says how many rows needed the exact search.
+
+    Returns a :class:`ScreenedVote`. Other arguments as in :func:`nn_vote`. Needs torch (numpy
+    inputs are wrapped without copying; results come back as numpy).
+    """
+    op = "nn_vote_screened"
+    if precision not in SCREEN_PRECISIONS:
+        raise ValueError(f"{op}: precision must be one of {SCREEN_PRECISIONS} (or 'exact' for nn_vote), got {precision!r}")
+    candidates = _check_int(op, "candidates", candidates, 1, MAX_SCREEN_CANDIDATES)
+    backend, kind, e, g, labels, num_classes, ex, normalize = _vote_args(
+        op, embeddings, gallery, gallery_labels, num_classes, exclude, normalize)
+    if chunk_bytes is not None:
+        chunk_bytes = _check_int(op, "chunk_bytes", chunk_bytes, 1, 2**62)
+    import torch  # the screening matmul is torch's
+
+    rows, dim, gallery_rows = int(e.shape[0]), int(e.shape[1]), int(g.shape[0])
+    rel_error = screen_rel_error(precision, dim)
+    with warnings.catch_warnings():  # read-only numpy inputs: only read here
+        warnings.simplefilter("ignore", UserWarning)
+        et, gt = (torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in (e, g))
+    score_bytes = 4 if precision == "tf32" else 2
+    if chunk_bytes is None:
+        chunk_bytes = 2**30 if backend == "cuda" else 2**26
+    chunk = max(1, min(rows, chunk_bytes // (gallery_rows * score_bytes)))
+
+    counts = torch.zeros(num_classes, dtype=torch.int64, device=et.device)
+    embedding_sum = torch.zeros(dim, dtype=torch.float64, device=et.device)
+    nearest = torch.empty(rows, dtype=torch.int64, device=et.device)
+    chunk_counts = torch.empty_like(counts)
+    chunk_sum = torch.empty_like(embedding_sum)
+    undecided = 0
+    if backend == "cuda":
+        cuda = _backend._require_cuda_module(op, et.device)
+        problems = torch.zeros(int(cuda.num_problem_slots), dtype=torch.int64, device=et.device)
+        chunk_problems = torch.empty_like(problems)
+    labels_np = None if backend == "cuda" else _numpy_view(labels)
+    ex_np = None if backend == "cuda" or ex is None else _numpy_view(ex)
+    g_flat = None if backend == "cuda" else _numpy_view(g).reshape(-1)
+
+    with _screen_matmul_flags(et.device, precision):
+        g_screen = _screen_operand(gt, precision)
+        for r0 in range(0, rows, chunk):
+            r1 = min(rows, r0 + chunk)
+            q = et[r0:r1]
+            scores = torch.mm(_screen_operand(q, precision), g_screen.T)
+            if backend == "cuda":
+                undecided += int(cuda.nn_vote_screened(
+                    _device_index(q), _cuda_stream(q), q.data_ptr(), r1 - r0, gt.data_ptr(), gallery_rows, dim,
+                    labels.data_ptr(), num_classes, ex[r0:r1].data_ptr() if ex is not None else 0, normalize,
+                    scores.data_ptr(), precision == "bf16", candidates, rel_error, chunk_counts.data_ptr(),
+                    chunk_sum.data_ptr(), nearest[r0:r1].data_ptr(), chunk_problems.data_ptr()))
+                problems += chunk_problems
+            else:
+                scores_np = scores.numpy() if precision == "tf32" else scores.view(torch.int16).numpy().view(np.uint16)
+                undecided += int(_core.nn_vote_screened(
+                    q.numpy().reshape(-1), g_flat, dim, labels_np, num_classes,
+                    ex_np[r0:r1] if ex_np is not None else np.empty(0, dtype=np.int64), normalize, scores_np,
+                    candidates, rel_error, chunk_counts.numpy(), chunk_sum.numpy(), nearest[r0:r1].numpy()))
+            counts += chunk_counts
+            embedding_sum += chunk_sum  # exact: fixed-point multiples of 2^-32 (see nn_vote)
+    if backend == "cuda" and check:
+        _raise_cuda_problems(op, "embeddings", problems)
+    if kind == "numpy":
+        return ScreenedVote(counts.numpy(), embedding_sum.numpy(), nearest.numpy(), undecided)
+    return ScreenedVote(counts, embedding_sum, nearest, undecided)

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -12,6 +13,7 @@
 #endif
 
 #include "../common/nn_math.h"
+#include "../common/nn_screen.h"
 #include "dot_tile.h"
 
 namespace rgf {
@@ -28,6 +30,7 @@ struct RowTerms {
   std::vector<float> minus_two_scale;  // -2 s
   std::vector<float> norm2;            // |q s|^2
   std::vector<double> scale;           // s, in float64 for the embedding sum
+  std::vector<double> raw_norm;        // |q| (before scaling), for the screening bound
 };
 
 // Sequential float64 sum of squares: the same order whatever the thread count.
@@ -80,9 +83,11 @@ RowTerms row_terms(const NNProblem& p, const char* op, const char* what, bool re
   t.minus_two_scale.resize(p.rows);
   t.norm2.resize(p.rows);
   t.scale.resize(p.rows);
+  t.raw_norm.resize(p.rows);
   for (int64_t i = 0; i < p.rows; ++i) {
     const double s = row_scale(n2[i], p.normalize);
     t.scale[i] = s;
+    t.raw_norm[i] = std::sqrt(n2[i]);
     t.minus_two_scale[i] = static_cast<float>(-2.0 * s);
     t.norm2[i] = static_cast<float>(n2[i] * s * s);
   }
@@ -217,24 +222,27 @@ void nn_search_cpu(const NNProblem& p, int64_t* index1, float* dist1, int64_t* i
   }
 }
 
-void nn_vote_cpu(const NNProblem& p, const int64_t* gallery_labels, int64_t num_classes,
-                 int64_t* counts, double* embedding_sum) {
+namespace {
+
+void check_labels(const NNProblem& p, const int64_t* gallery_labels, int64_t num_classes) {
   for (int64_t i = 0; i < p.gallery_rows; ++i) {
     if (gallery_labels[i] < 0 || gallery_labels[i] >= num_classes)
       throw std::invalid_argument("nn_vote: gallery_labels[" + std::to_string(i) + "] = " +
                                   std::to_string(gallery_labels[i]) + " is outside [0, num_classes=" +
                                   std::to_string(num_classes) + ")");
   }
-  const std::vector<float> gn = gallery_norms(p, "nn_vote");
-  const RowTerms rt = row_terms(p, "nn_vote", "embeddings", true);
-  const std::vector<Top1> top = tiled_search<Top1>(p, rt, gn);
+}
 
+// Votes of each row's nearest gallery row (nearest[r] is an index, or kNoIndex when the only row
+// was excluded) and the exact fixed-point sum of the scaled rows.
+void vote_and_sum(const NNProblem& p, const RowTerms& rt, const int64_t* nearest, const int64_t* gallery_labels,
+                  int64_t num_classes, int64_t* counts, double* embedding_sum) {
   std::fill(counts, counts + num_classes, int64_t{0});
   for (int64_t r = 0; r < p.rows; ++r) {
-    if (top[r].i1 == kNoIndex)
+    if (nearest[r] == kNoIndex)
       throw std::invalid_argument("nn_vote: embeddings row " + std::to_string(r) +
                                   " has no gallery row to vote for (the only one is excluded)");
-    ++counts[gallery_labels[top[r].i1]];
+    ++counts[gallery_labels[nearest[r]]];
   }
 
   // Exact fixed-point sum of the scaled rows; integer addition makes the order irrelevant.
@@ -254,6 +262,102 @@ void nn_vote_cpu(const NNProblem& p, const int64_t* gallery_labels, int64_t num_
     for (int64_t j = 0; j < p.dim; ++j) fixed_sum[j] += local[j];
   }
   for (int64_t j = 0; j < p.dim; ++j) embedding_sum[j] = static_cast<double>(fixed_sum[j]) * kFixedUnit;
+}
+
+inline float score_at(const ScreenScores& s, int64_t offset) {
+  if (!s.bfloat16) return static_cast<const float*>(s.data)[offset];
+  // bfloat16 is the upper half of a float32: widening is exact.
+  const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(s.data)[offset]) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+// Screens one row (see common/nn_screen.h): returns the exact nearest index, or kNoIndex when
+// the bound cannot exclude the rows outside the candidates (the caller searches it exactly).
+int64_t screen_row(const NNProblem& p, const RowTerms& rt, const std::vector<float>& gn, float gn_max,
+                   const ScreenScores& s, int64_t r) {
+  const int64_t skip = p.exclude != nullptr ? p.exclude[r] : -1;
+  const float m2s = rt.minus_two_scale[r];
+  ScreenList list;
+  screen_init(list, s.candidates + 1);
+  bool finite = true;
+  const int64_t base = r * p.gallery_rows;
+  for (int64_t j = 0; j < p.gallery_rows; ++j) {
+    if (j == skip) continue;
+    const float key = nn_key(m2s, score_at(s, base + j), gn[j]);
+    finite = finite && std::isfinite(key);
+    screen_push(list, key, j);
+  }
+  if (!finite || list.size == 0) return kNoIndex;
+  const int ncand = std::min(list.size, s.candidates);
+  Top1 best = nn_empty<Top1>();
+  for (int c = 0; c < ncand; ++c) {
+    const int64_t j = list.index[c];
+    nn_push(best, nn_key(m2s, exact_dot(p.queries + r * p.dim, p.gallery + j * p.dim, p.dim), gn[j]), j);
+  }
+  const bool all_candidates = list.size <= s.candidates;
+  const double bound = screen_key_bound(s.rel_error, p.dim, rt.scale[r], rt.raw_norm[r], gn_max);
+  return screen_verified(all_candidates, best.d1, list.key[list.size - 1], bound) ? best.i1 : kNoIndex;
+}
+
+}  // namespace
+
+void nn_vote_cpu(const NNProblem& p, const int64_t* gallery_labels, int64_t num_classes,
+                 int64_t* counts, double* embedding_sum) {
+  check_labels(p, gallery_labels, num_classes);
+  const std::vector<float> gn = gallery_norms(p, "nn_vote");
+  const RowTerms rt = row_terms(p, "nn_vote", "embeddings", true);
+  const std::vector<Top1> top = tiled_search<Top1>(p, rt, gn);
+  std::vector<int64_t> nearest(p.rows);
+  for (int64_t r = 0; r < p.rows; ++r) nearest[r] = top[r].i1;
+  vote_and_sum(p, rt, nearest.data(), gallery_labels, num_classes, counts, embedding_sum);
+}
+
+int64_t nn_vote_screened_cpu(const NNProblem& p, const int64_t* gallery_labels, int64_t num_classes,
+                             const ScreenScores& s, int64_t* counts, double* embedding_sum, int64_t* nearest) {
+  if (s.candidates < 1 || s.candidates > kMaxScreenCandidates)
+    throw std::invalid_argument("nn_vote_screened: candidates must be in [1, " +
+                                std::to_string(kMaxScreenCandidates) + "]");
+  if (!(s.rel_error >= 0.0 && s.rel_error < 1.0))
+    throw std::invalid_argument("nn_vote_screened: the screening error bound must be in [0, 1)");
+  check_labels(p, gallery_labels, num_classes);
+  const std::vector<float> gn = gallery_norms(p, "nn_vote");
+  const RowTerms rt = row_terms(p, "nn_vote", "embeddings", true);
+  const float gn_max = p.gallery_rows ? *std::max_element(gn.begin(), gn.end()) : 0.0f;
+
+  std::vector<int64_t> found(p.rows);
+#pragma omp parallel for schedule(dynamic, 16) if (p.rows * p.gallery_rows > (int64_t{1} << 16))
+  for (int64_t r = 0; r < p.rows; ++r) found[r] = screen_row(p, rt, gn, gn_max, s, r);
+
+  // Rows the screen could not decide: the exact tiled search on just those rows.
+  std::vector<int64_t> undecided;
+  for (int64_t r = 0; r < p.rows; ++r)
+    if (found[r] == kNoIndex) undecided.push_back(r);
+  if (!undecided.empty()) {
+    const int64_t n = static_cast<int64_t>(undecided.size());
+    std::vector<float> rows(static_cast<size_t>(n * p.dim));
+    std::vector<int64_t> exclude(static_cast<size_t>(n), -1);
+    RowTerms sub_rt;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t r = undecided[i];
+      std::copy(p.queries + r * p.dim, p.queries + (r + 1) * p.dim, rows.begin() + i * p.dim);
+      if (p.exclude != nullptr) exclude[i] = p.exclude[r];
+      sub_rt.minus_two_scale.push_back(rt.minus_two_scale[r]);
+      sub_rt.norm2.push_back(rt.norm2[r]);
+      sub_rt.scale.push_back(rt.scale[r]);
+      sub_rt.raw_norm.push_back(rt.raw_norm[r]);
+    }
+    NNProblem sub = p;
+    sub.queries = rows.data();
+    sub.rows = n;
+    sub.exclude = exclude.data();
+    const std::vector<Top1> top = tiled_search<Top1>(sub, sub_rt, gn);
+    for (int64_t i = 0; i < n; ++i) found[undecided[i]] = top[i].i1;
+  }
+  vote_and_sum(p, rt, found.data(), gallery_labels, num_classes, counts, embedding_sum);
+  for (int64_t r = 0; r < p.rows; ++r) nearest[r] = nn_index_out(found[r]);
+  return static_cast<int64_t>(undecided.size());
 }
 
 }  // namespace rgf

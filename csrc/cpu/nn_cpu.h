@@ -30,6 +30,21 @@ void nn_search_cpu(const NNProblem& p, int64_t* index1, float* dist1, int64_t* i
 void nn_vote_cpu(const NNProblem& p, const int64_t* gallery_labels, int64_t num_classes,
                  int64_t* counts, double* embedding_sum);
 
+// Approximate dot products for nn_vote_screened_cpu: scores[r * gallery_rows + j] ~ q_r.g_j,
+// float32 or bfloat16 (the upper 16 bits of a float32), with |score - q.g| <= rel_error |q||g|.
+struct ScreenScores {
+  const void* data;
+  bool bfloat16;
+  int candidates;    // rows rescored exactly per query row, 1..kMaxScreenCandidates (nn_screen.h)
+  double rel_error;  // the screening matmul's error bound (see common/nn_screen.h)
+};
+
+// nn_vote_cpu with a screened search (common/nn_screen.h): the same counts and embedding_sum,
+// bit for bit, plus each row's nearest index (nearest: int64, rows; -1 where none). Returns how
+// many rows the screen could not decide (they were searched exactly).
+int64_t nn_vote_screened_cpu(const NNProblem& p, const int64_t* gallery_labels, int64_t num_classes,
+                             const ScreenScores& s, int64_t* counts, double* embedding_sum, int64_t* nearest);
+
 // Tile sizes (query rows x gallery rows; the latter rounded up to whole 32-row panels). Tests
 // shrink them so small inputs run the same tiled code paths that large ones do.
 void set_cpu_tile_sizes(int64_t rows, int64_t gallery_rows);

@@ -1,7 +1,10 @@
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
+#include <string>
 
 #include "../common/nn_math.h"
+#include "../common/nn_screen.h"
 #include "cuda_check.h"
 #include "nn_cuda.h"
 
@@ -283,15 +286,12 @@ struct Terms {
   float* gn;
 };
 
-template <class Top>
-Terms prepare(const NNCudaProblem& p, const Plan& plan, bool require_unit_ball, int64_t* problems,
-              StreamScratch& scratch, Top** partial) {
+Terms prepare_terms(const NNCudaProblem& p, bool require_unit_ball, int64_t* problems, StreamScratch& scratch) {
   Terms t;
   t.m2s = scratch.take<float>(p.rows);
   t.norm2 = scratch.take<float>(p.rows);
   t.scale = scratch.take<double>(p.rows);
   t.gn = scratch.take<float>(p.gallery_rows);
-  *partial = scratch.take<Top>(plan.segments * p.rows);
   cuda_check(cudaMemsetAsync(problems, 0, kNumProblemSlots * sizeof(int64_t), p.stream), "cudaMemsetAsync");
   row_terms_kernel<<<blocks_for(p.rows * 32, kThreads), kThreads, 0, p.stream>>>(
       p.queries, p.rows, p.dim, p.normalize, require_unit_ball, t.m2s, t.norm2, t.scale, problems);
@@ -302,11 +302,156 @@ Terms prepare(const NNCudaProblem& p, const Plan& plan, bool require_unit_ball, 
   return t;
 }
 
+size_t terms_bytes(const NNCudaProblem& p) {
+  return StreamScratch::padded(p.rows * sizeof(float)) * 2 + StreamScratch::padded(p.rows * sizeof(double)) +
+         StreamScratch::padded(p.gallery_rows * sizeof(float));
+}
+
+template <class Top>
+Terms prepare(const NNCudaProblem& p, const Plan& plan, bool require_unit_ball, int64_t* problems,
+              StreamScratch& scratch, Top** partial) {
+  const Terms t = prepare_terms(p, require_unit_ball, problems, scratch);
+  *partial = scratch.take<Top>(plan.segments * p.rows);
+  return t;
+}
+
 template <class Top>
 size_t scratch_bytes(const NNCudaProblem& p, const Plan& plan, size_t extra) {
-  return StreamScratch::padded(p.rows * sizeof(float)) * 2 + StreamScratch::padded(p.rows * sizeof(double)) +
-         StreamScratch::padded(p.gallery_rows * sizeof(float)) +
-         StreamScratch::padded(plan.segments * p.rows * sizeof(Top)) + StreamScratch::padded(extra);
+  return terms_bytes(p) + StreamScratch::padded(plan.segments * p.rows * sizeof(Top)) + StreamScratch::padded(extra);
+}
+
+// Adds the fixed-point embedding sum of all rows to `embedding_sum` (overwritten).
+void launch_embedding_sum(const NNCudaProblem& p, const double* scale, unsigned long long* fixed_sum,
+                          double* embedding_sum) {
+  cuda_check(cudaMemsetAsync(fixed_sum, 0, p.dim * sizeof(unsigned long long), p.stream), "cudaMemsetAsync");
+  const int sum_threads = static_cast<int>(std::min<int64_t>(256, ((p.dim + 31) / 32) * 32));
+  embedding_sum_kernel<<<blocks_for(p.rows, kSumRowsPerBlock), sum_threads, 0, p.stream>>>(
+      p.queries, p.rows, p.dim, scale, fixed_sum);
+  cuda_check_launch("embedding_sum_kernel");
+  fixed_to_double_kernel<<<blocks_for(p.dim, kThreads), kThreads, 0, p.stream>>>(fixed_sum, p.dim,
+                                                                             embedding_sum);
+  cuda_check_launch("fixed_to_double_kernel");
+}
+
+// ---------------------------------------------------------------------------- screened search
+
+template <bool kBf16>
+__device__ __forceinline__ float load_score(const void* scores, int64_t offset) {
+  if (kBf16) {  // bfloat16 is the upper half of a float32: widening is exact
+    const unsigned short bits = static_cast<const unsigned short*>(scores)[offset];
+    return __uint_as_float(static_cast<unsigned>(bits) << 16);
+  }
+  return static_cast<const float*>(scores)[offset];
+}
+
+// One warp per row (common/nn_screen.h): each lane keeps the best candidates + 1 of its strided
+// share of the row's screening scores, the lists are merged across the warp, lanes rescore the
+// candidates with the exact float32 dot, and lane 0 either votes (the bound proves the winner)
+// or queues the row for the exact search. Bad rows (NaN terms) do neither.
+template <bool kBf16>
+__global__ void __launch_bounds__(kThreads)
+screen_kernel(const float* __restrict__ queries, int64_t rows, const float* __restrict__ gallery,
+              int64_t gallery_rows, int64_t dim, const int64_t* __restrict__ exclude,
+              const float* __restrict__ m2s, const double* __restrict__ scale, const float* __restrict__ gn,
+              const void* __restrict__ scores, int candidates, double rel_error,
+              const int64_t* __restrict__ labels, int64_t num_classes, int64_t* __restrict__ counts,
+              int64_t* __restrict__ nearest, int64_t* __restrict__ undecided_rows,
+              unsigned long long* __restrict__ undecided_count) {
+  const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
+  const int lane = threadIdx.x & 31;
+  if (r >= rows) return;  // whole warps exit together
+  const float row_m2s = m2s[r];
+  if (row_m2s != row_m2s) {  // a bad row: counted in `problems`, casts no vote
+    if (lane == 0) nearest[r] = -1;
+    return;
+  }
+  const int64_t skip = exclude != nullptr ? exclude[r] : -1;
+  const float* q = queries + r * dim;
+  const double row_norm = sqrt(warp_sum_squares(q, dim, lane));
+
+  ScreenList list;
+  screen_init(list, candidates + 1);
+  bool finite = true;
+  float gn_max = 0.0f;
+  const int64_t base = r * gallery_rows;
+  float worst_key = INFINITY;  // the list's last entry once full, kept in registers
+  int64_t worst_index = kNoIndex;
+  for (int64_t j = lane; j < gallery_rows; j += 32) {
+    if (j == skip) continue;
+    const float g2 = gn[j];
+    const float key = nn_key(row_m2s, load_score<kBf16>(scores, base + j), g2);
+    finite = finite && isfinite(key);
+    gn_max = fmaxf(gn_max, g2);
+    if (nn_before(key, j, worst_key, worst_index)) {
+      screen_push(list, key, j);
+      if (list.size == list.capacity) {
+        worst_key = list.key[list.size - 1];
+        worst_index = list.index[list.size - 1];
+      }
+    }
+  }
+  // Butterfly merge: each step joins two disjoint groups of lanes, so no entry is seen twice.
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const ScreenList mine = list;
+    const int other_size = __shfl_xor_sync(0xffffffffu, mine.size, offset);
+#pragma unroll
+    for (int i = 0; i < kMaxScreenCandidates + 1; ++i) {
+      const float key = __shfl_xor_sync(0xffffffffu, mine.key[i], offset);
+      const int64_t index = __shfl_xor_sync(0xffffffffu, mine.index[i], offset);
+      if (i < other_size) screen_push(list, key, index);
+    }
+    finite = __shfl_xor_sync(0xffffffffu, finite, offset) && finite;
+    gn_max = fmaxf(gn_max, __shfl_xor_sync(0xffffffffu, gn_max, offset));
+  }
+  // Exact rescoring: lane c takes candidate c.
+  const int ncand = min(list.size, candidates);
+  Top1 best = nn_empty<Top1>();
+  if (lane < ncand) {
+    const int64_t j = list.index[lane];
+    nn_push(best, nn_key(row_m2s, exact_dot(q, gallery + j * dim, dim), gn[j]), j);
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) shfl_merge(best, 0xffffffffu, offset);
+  if (lane != 0) return;
+  const bool decided = finite && list.size > 0 &&
+                       screen_verified(list.size <= candidates, best.d1, list.key[list.size - 1],
+                                       screen_key_bound(rel_error, dim, scale[r], row_norm, gn_max));
+  if (decided) {
+    nearest[r] = best.i1;
+    const int64_t label = labels[best.i1];
+    if (label >= 0 && label < num_classes)
+      atomicAdd(reinterpret_cast<unsigned long long*>(counts + label), 1ull);
+  } else {
+    nearest[r] = -1;
+    undecided_rows[atomicAdd(undecided_count, 1ull)] = r;
+  }
+}
+
+// Copies the undecided rows (and their excluded indices) into a compact problem.
+__global__ void gather_rows_kernel(const float* __restrict__ queries, int64_t dim,
+                                   const int64_t* __restrict__ exclude, const int64_t* __restrict__ row_ids,
+                                   int64_t n, float* __restrict__ sub_queries, int64_t* __restrict__ sub_exclude) {
+  const int64_t i = blockIdx.x;
+  if (i >= n) return;
+  const int64_t r = row_ids[i];
+  for (int64_t k = threadIdx.x; k < dim; k += blockDim.x) sub_queries[i * dim + k] = queries[r * dim + k];
+  if (threadIdx.x == 0) sub_exclude[i] = exclude != nullptr ? exclude[r] : -1;
+}
+
+__global__ void merge_undecided_kernel(const Top1* __restrict__ partial, int64_t segments, int64_t n,
+                                       const int64_t* __restrict__ row_ids, const int64_t* __restrict__ labels,
+                                       int64_t num_classes, int64_t* __restrict__ counts,
+                                       int64_t* __restrict__ nearest) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  Top1 t = partial[i];
+  for (int64_t s = 1; s < segments; ++s) nn_merge(t, partial[s * n + i]);
+  nearest[row_ids[i]] = nn_index_out(t.i1);
+  if (t.i1 == kNoIndex) return;
+  const int64_t label = labels[t.i1];
+  if (label >= 0 && label < num_classes)
+    atomicAdd(reinterpret_cast<unsigned long long*>(counts + label), 1ull);
 }
 
 }  // namespace
@@ -339,7 +484,6 @@ void nn_vote_cuda(const NNCudaProblem& p, const int64_t* gallery_labels, int64_t
   Top1* partial = nullptr;
   const Terms t = prepare<Top1>(p, plan, true, problems, scratch, &partial);
   unsigned long long* fixed_sum = scratch.take<unsigned long long>(p.dim);
-  cuda_check(cudaMemsetAsync(fixed_sum, 0, p.dim * sizeof(unsigned long long), p.stream), "cudaMemsetAsync");
   check_labels_kernel<<<blocks_for(p.gallery_rows, kThreads), kThreads, 0, p.stream>>>(
       gallery_labels, p.gallery_rows, num_classes, problems);
   cuda_check_launch("check_labels_kernel");
@@ -347,13 +491,83 @@ void nn_vote_cuda(const NNCudaProblem& p, const int64_t* gallery_labels, int64_t
   merge_vote_kernel<<<blocks_for(p.rows, kThreads), kThreads, 0, p.stream>>>(
       partial, plan.segments, p.rows, gallery_labels, num_classes, counts);
   cuda_check_launch("merge_vote_kernel");
-  const int sum_threads = static_cast<int>(std::min<int64_t>(256, ((p.dim + 31) / 32) * 32));
-  embedding_sum_kernel<<<blocks_for(p.rows, kSumRowsPerBlock), sum_threads, 0, p.stream>>>(
-      p.queries, p.rows, p.dim, t.scale, fixed_sum);
-  cuda_check_launch("embedding_sum_kernel");
-  fixed_to_double_kernel<<<blocks_for(p.dim, kThreads), kThreads, 0, p.stream>>>(fixed_sum, p.dim,
-                                                                             embedding_sum);
-  cuda_check_launch("fixed_to_double_kernel");
+  launch_embedding_sum(p, t.scale, fixed_sum, embedding_sum);
+}
+
+int64_t nn_vote_screened_cuda(const NNCudaProblem& p, const int64_t* gallery_labels, int64_t num_classes,
+                              const ScreenScoresCuda& s, int64_t* counts, double* embedding_sum,
+                              int64_t* nearest, int64_t* problems) {
+  cuda_check(cudaSetDevice(p.device), "cudaSetDevice");
+  if (s.candidates < 1 || s.candidates > kMaxScreenCandidates)
+    throw std::invalid_argument("nn_vote_screened: candidates must be in [1, " +
+                                std::to_string(kMaxScreenCandidates) + "]");
+  if (!(s.rel_error >= 0.0 && s.rel_error < 1.0))
+    throw std::invalid_argument("nn_vote_screened: the screening error bound must be in [0, 1)");
+  cuda_check(cudaMemsetAsync(counts, 0, num_classes * sizeof(int64_t), p.stream), "cudaMemsetAsync");
+  if (p.rows == 0) {
+    cuda_check(cudaMemsetAsync(embedding_sum, 0, p.dim * sizeof(double), p.stream), "cudaMemsetAsync");
+    cuda_check(cudaMemsetAsync(problems, 0, kNumProblemSlots * sizeof(int64_t), p.stream), "cudaMemsetAsync");
+    return 0;
+  }
+  int64_t undecided = 0;
+  {
+    StreamScratch scratch(terms_bytes(p) + StreamScratch::padded(p.dim * sizeof(unsigned long long)) +
+                              StreamScratch::padded(p.rows * sizeof(int64_t)) + StreamScratch::padded(sizeof(unsigned long long)),
+                          p.stream);
+    const Terms t = prepare_terms(p, true, problems, scratch);
+    unsigned long long* fixed_sum = scratch.take<unsigned long long>(p.dim);
+    int64_t* undecided_rows = scratch.take<int64_t>(p.rows);
+    unsigned long long* undecided_count = scratch.take<unsigned long long>(1);
+    cuda_check(cudaMemsetAsync(undecided_count, 0, sizeof(unsigned long long), p.stream), "cudaMemsetAsync");
+    check_labels_kernel<<<blocks_for(p.gallery_rows, kThreads), kThreads, 0, p.stream>>>(
+        gallery_labels, p.gallery_rows, num_classes, problems);
+    cuda_check_launch("check_labels_kernel");
+    const int blocks = blocks_for(p.rows * 32, kThreads);
+    if (s.bfloat16) {
+      screen_kernel<true><<<blocks, kThreads, 0, p.stream>>>(
+          p.queries, p.rows, p.gallery, p.gallery_rows, p.dim, p.exclude, t.m2s, t.scale, t.gn, s.data,
+          s.candidates, s.rel_error, gallery_labels, num_classes, counts, nearest, undecided_rows, undecided_count);
+    } else {
+      screen_kernel<false><<<blocks, kThreads, 0, p.stream>>>(
+          p.queries, p.rows, p.gallery, p.gallery_rows, p.dim, p.exclude, t.m2s, t.scale, t.gn, s.data,
+          s.candidates, s.rel_error, gallery_labels, num_classes, counts, nearest, undecided_rows, undecided_count);
+    }
+    cuda_check_launch("screen_kernel");
+    launch_embedding_sum(p, t.scale, fixed_sum, embedding_sum);
+
+    // How many rows the screen left undecided: one synchronisation per call.
+    unsigned long long n = 0;
+    cuda_check(cudaMemcpyAsync(&n, undecided_count, sizeof(n), cudaMemcpyDeviceToHost, p.stream), "cudaMemcpyAsync");
+    cuda_check(cudaStreamSynchronize(p.stream), "cudaStreamSynchronize");
+    undecided = static_cast<int64_t>(n);
+    if (undecided > 0) {
+      // The exact tiled search on just those rows (their terms are recomputed identically).
+      NNCudaProblem sub = p;
+      sub.rows = undecided;
+      const Plan plan = make_plan(sub);
+      StreamScratch sub_scratch(StreamScratch::padded(undecided * p.dim * sizeof(float)) +
+                                    StreamScratch::padded(undecided * sizeof(int64_t)) +
+                                    StreamScratch::padded(kNumProblemSlots * sizeof(int64_t)) +
+                                    scratch_bytes<Top1>(sub, plan, 0),
+                                p.stream);
+      float* sub_queries = sub_scratch.take<float>(undecided * p.dim);
+      int64_t* sub_exclude = sub_scratch.take<int64_t>(undecided);
+      int64_t* sub_problems = sub_scratch.take<int64_t>(kNumProblemSlots);  // already counted above
+      const int gather_threads = static_cast<int>(std::min<int64_t>(256, ((p.dim + 31) / 32) * 32));
+      gather_rows_kernel<<<static_cast<unsigned>(undecided), gather_threads, 0, p.stream>>>(
+          p.queries, p.dim, p.exclude, undecided_rows, undecided, sub_queries, sub_exclude);
+      cuda_check_launch("gather_rows_kernel");
+      sub.queries = sub_queries;
+      sub.exclude = sub_exclude;
+      Top1* partial = nullptr;
+      const Terms st = prepare<Top1>(sub, plan, true, sub_problems, sub_scratch, &partial);
+      launch_tiles<Top1>(sub, plan, st.m2s, st.gn, partial);
+      merge_undecided_kernel<<<blocks_for(undecided, kThreads), kThreads, 0, p.stream>>>(
+          partial, plan.segments, undecided, undecided_rows, gallery_labels, num_classes, counts, nearest);
+      cuda_check_launch("merge_undecided_kernel");
+    }
+  }
+  return undecided;
 }
 
 }  // namespace rgf

@@ -39,4 +39,19 @@ void nn_search_cuda(const NNCudaProblem& p, int64_t* index1, float* dist1, int64
 void nn_vote_cuda(const NNCudaProblem& p, const int64_t* gallery_labels, int64_t num_classes,
                   int64_t* counts, double* embedding_sum, int64_t* problems);
 
+// Screening scores for nn_vote_screened_cuda (device memory; see cpu/nn_cpu.h ScreenScores).
+struct ScreenScoresCuda {
+  const void* data;  // (rows, gallery_rows) float32, or bfloat16
+  bool bfloat16;
+  int candidates;
+  double rel_error;
+};
+
+// nn_vote_cuda with a screened search (common/nn_screen.h): the same counts and embedding_sum,
+// plus each row's nearest index (nearest: int64, rows). Synchronises the stream once to learn
+// how many rows the screen left undecided (returned; they are searched exactly).
+int64_t nn_vote_screened_cuda(const NNCudaProblem& p, const int64_t* gallery_labels, int64_t num_classes,
+                              const ScreenScoresCuda& s, int64_t* counts, double* embedding_sum,
+                              int64_t* nearest, int64_t* problems);
+
 }  // namespace rgf

@@ -4,6 +4,10 @@
     python -m retrievalguard_fast bench kernels --rows 2000      # smaller
     python -m retrievalguard_fast bench kernels --json out.json  # also write the figures
 
+A second nn_vote table compares its modes (exact; screened by a TF32 or bf16 tensor-core matmul
+and verified, see nn_vote_screened) with torch's float32 matmul + argmin and with unverified
+low-precision argmins, and reports how often each one's nearest item differs from exact mode.
+
 For each kernel: correctness is checked against the baseline first, then every contender is
 warmed up and timed (best of --repeat; CUDA timings synchronise before reading the clock).
 Prints the hardware, each time, the ratio against ours (baseline time / our time, so >1x means we
@@ -176,8 +180,72 @@ def bench_nn_vote_cpu(args, rng):
     peak = matmul_rate("cpu")
     ceiling = f"ours: {flops / t_ours / 1e9:.1f} GFLOP/s = {flops / t_ours / peak:.0%} of torch's measured 4096^3 float32 matmul {peak / 1e9:.1f} GFLOP/s"
     print_table(f"nn_vote CPU: {n} embeddings x {N} gallery x {k} dims, {C} classes", results, ceiling)
-    return {"kernel": "nn_vote", "device": "cpu", "shape": [n, N, k, C], "results": results,
-            "gflops": flops / t_ours / 1e9, "ceiling_gflops": peak / 1e9}
+    out = [{"kernel": "nn_vote", "device": "cpu", "shape": [n, N, k, C], "results": results,
+            "gflops": flops / t_ours / 1e9, "ceiling_gflops": peak / 1e9}]
+    if args.modes:
+        m = min(n, args.modes_rows)
+        out.append(bench_nn_vote_modes(et[:m], gt, lt, C, 1, check_rows=2000))
+    return out
+
+
+def lowprec_argmin(e_unit, g, precision, chunk=8192):
+    """Nearest rows by a plain tensor-core matmul + argmin, unverified (what the screen guards against)."""
+    gn = (g * g).sum(1)
+    nearest = torch.empty(len(e_unit), dtype=torch.int64, device=e_unit.device)
+    with _ops._screen_matmul_flags(e_unit.device, precision):
+        gs = _ops._screen_operand(g, precision)
+        for a in range(0, len(e_unit), chunk):
+            scores = torch.mm(_ops._screen_operand(e_unit[a : a + chunk], precision), gs.T).float()
+            nearest[a : a + chunk] = torch.argmin(gn[None, :] - 2 * scores, dim=1)
+    return nearest
+
+
+def bench_nn_vote_modes(e, g, labels, C, repeat, check_rows):
+    """nn_vote's exact and screened (TF32 / bf16 tensor-core) modes against torch float32
+    (TF32 off) matmul + argmin + bincount, on the same unit-norm embeddings. For each mode: time,
+    speed-up over that baseline, the fraction of rows the screen left to the exact search, and
+    the fraction of rows (of the first check_rows) whose nearest item differs from exact mode."""
+    dev = e.device
+    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+    e_unit = torch.nn.functional.normalize(e, dim=1)  # normalize=False below: nn_search ranks by the same key
+    n = len(e_unit)
+    check_rows = min(check_rows, n)
+    exact_nearest = _ops.nn_search(e_unit[:check_rows], g)[0]
+    exact_counts, exact_sum = _ops.nn_vote(e_unit, g, labels, C, normalize=False)
+
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")  # the baseline: float32 matmul, TF32 off
+    try:
+        t_base = best_time(lambda: vote_torch(e_unit, g, labels, C, chunk=8192), repeat, sync)
+    finally:
+        torch.set_float32_matmul_precision(old)
+    rows = [{"mode": "torch fp32 mm+argmin+bincount (baseline)", "seconds": t_base, "undecided": None, "differs": None}]
+    t = best_time(lambda: _ops.nn_vote(e_unit, g, labels, C, normalize=False, check=False), repeat, sync)
+    rows.append({"mode": "ours exact (fp32, fixed order)", "seconds": t, "undecided": None, "differs": 0.0})
+    for precision in _ops.SCREEN_PRECISIONS:
+        r = _ops.nn_vote_screened(e_unit, g, labels, C, precision=precision, normalize=False)
+        assert bool((r.counts == exact_counts).all()) and bool((r.embedding_sum == exact_sum).all()), \
+            f"screened {precision} disagrees with exact mode"
+        differs = float((r.nearest[:check_rows] != exact_nearest).double().mean())
+        t = best_time(lambda: _ops.nn_vote_screened(e_unit, g, labels, C, precision=precision, normalize=False,
+                                                    check=False), repeat, sync)
+        rows.append({"mode": f"ours screened {precision} (verified)", "seconds": t,
+                     "undecided": r.undecided_rows / n, "differs": differs})
+    for precision in _ops.SCREEN_PRECISIONS:
+        differs = float((lowprec_argmin(e_unit[:check_rows], g, precision) != exact_nearest).double().mean())
+        t = best_time(lambda: torch.bincount(labels[lowprec_argmin(e_unit, g, precision)], minlength=C), repeat, sync)
+        rows.append({"mode": f"torch {precision} mm+argmin (unverified)", "seconds": t, "undecided": None,
+                     "differs": differs})
+    for r in rows:
+        r["speedup_vs_baseline"] = t_base / r["seconds"]
+    print(f"\nnn_vote modes ({dev.type}): {n} x {len(g)} x {g.shape[1]}; speed-up over the torch fp32 baseline; "
+          f"'differs' = nearest item differs from exact mode (first {check_rows} rows)")
+    print(f"  {'mode':<42}{'time':>11}{'speed-up':>10}{'undecided':>11}{'differs':>10}")
+    for r in rows:
+        und = "" if r["undecided"] is None else f"{r['undecided']:.2%}"
+        dif = "" if r["differs"] is None else f"{r['differs']:.3%}"
+        print(f"  {r['mode']:<42}{r['seconds'] * 1e3:>9.1f}ms{r['speedup_vs_baseline']:>9.2f}x{und:>11}{dif:>10}")
+    return {"kernel": "nn_vote modes", "device": dev.type, "shape": [n, len(g), g.shape[1], C], "modes": rows}
 
 
 def bench_noise_cpu(args):
@@ -212,14 +280,21 @@ def bench_cuda(args, rng):
     ours_c, _ = _ops.nn_vote(e[:2000], g, labels, C)
     ref_c, _ = vote_torch(e[:2000], g, labels, C)
     assert int((ours_c - ref_c).abs().sum()) <= 4, "CUDA nn_vote disagrees with torch"
-    t_ours = best_time(lambda: _ops.nn_vote(e, g, labels, C, check=False), args.repeat, sync)
-    results = [row("retrievalguard_fast nn_vote (CUDA)", t_ours, t_ours, "fp32 FFMA tiles")]
-    results.append(row("torch mm+argmin+bincount (cuBLAS)", best_time(lambda: vote_torch(e, g, labels, C, chunk=8192), args.repeat, sync), t_ours))
-    flops = 2.0 * n * N * k
-    peak = matmul_rate(dev, 8192)
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")  # the baseline: float32 matmul, TF32 off
+    try:
+        t_ours = best_time(lambda: _ops.nn_vote(e, g, labels, C, check=False), args.repeat, sync)
+        results = [row("retrievalguard_fast nn_vote (CUDA)", t_ours, t_ours, "fp32 FFMA tiles")]
+        results.append(row("torch mm+argmin+bincount (cuBLAS)", best_time(lambda: vote_torch(e, g, labels, C, chunk=8192), args.repeat, sync), t_ours, "TF32 off"))
+        flops = 2.0 * n * N * k
+        peak = matmul_rate(dev, 8192)
+    finally:
+        torch.set_float32_matmul_precision(old)
     print_table(f"nn_vote CUDA ({torch.cuda.get_device_name()}): {n} x {N} x {k}", results,
                 f"ours: {flops / t_ours / 1e12:.2f} TFLOP/s = {flops / t_ours / peak:.0%} of measured fp32 matmul {peak / 1e12:.1f} TFLOP/s")
     out = [{"kernel": "nn_vote", "device": "cuda", "shape": [n, N, k, C], "results": results}]
+    if args.modes:
+        out.append(bench_nn_vote_modes(e, g, labels, C, args.repeat, check_rows=20_000))
 
     shape = tuple(args.noise_shape)
     x = torch.rand(shape, device=dev)
@@ -250,6 +325,9 @@ def main(argv=None):
     p.add_argument("--cuda-rows", type=int, default=100_000)
     p.add_argument("--cuda-noise-samples", type=int, default=100_000)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--no-modes", dest="modes", action="store_false",
+                   help="skip the exact vs screened (TF32/bf16 tensor-core) nn_vote mode table")
+    p.add_argument("--modes-rows", type=int, default=4000, help="embeddings for the mode table on the CPU")
     p.add_argument("--skip-numpy", action="store_true", help="skip the (slow) numpy nn_vote baseline")
     p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     p.add_argument("--json", help="write the figures to this file")
@@ -261,7 +339,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     report = {"date": time.strftime("%Y-%m-%d"), "hardware": hw, "benchmarks": []}
     if args.device in ("cpu", "all"):
-        report["benchmarks"].append(bench_nn_vote_cpu(args, rng))
+        report["benchmarks"].extend(bench_nn_vote_cpu(args, rng))
         report["benchmarks"].append(bench_noise_cpu(args))
     if args.device in ("cuda", "all"):
         if has_cuda():
