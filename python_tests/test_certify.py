@@ -149,6 +149,18 @@ def test_batch_size_never_changes_a_result(digits_setup):
     assert results[0] == results[1] == results[2]
 
 
+def test_screened_nearest_neighbour_search_never_changes_a_result(digits_setup):
+    """nn_precision tf32/bf16 screen with tensor-core precision but verify exactly: same certificates."""
+    model, gallery, data = digits_setup
+    q, y = data.query_x[:4], data.query_y[:4]
+    results = []
+    for nn_precision in ("exact", "tf32", "bf16"):
+        certs = SmoothedRetriever(model, gallery, 0.25, batch_size=700, seed=7, nn_precision=nn_precision).certify(
+            q, y, n0=50, n=1000, ks=(1, 5))
+        results.append([{k: v for k, v in c.to_dict().items() if k != "seconds"} for c in certs])
+    assert results[0] == results[1] == results[2]
+
+
 def test_stream_indices_make_a_query_independent_of_its_neighbours(digits_setup):
     model, gallery, data = digits_setup
     r = SmoothedRetriever(model, gallery, 0.25, batch_size=300, seed=3)
@@ -241,6 +253,8 @@ def test_certify_bad_input(model, kwargs, exc, match):
         (lambda: SmoothedRetriever(SignModel(np.ones(4), 0.0), GALLERY_1D, -1.0), ValueError, "sigma must be"),
         (lambda: SmoothedRetriever(SignModel(np.ones(4), 0.0), GALLERY_1D, 0.5, batch_size=0), ValueError, "batch_size"),
         (lambda: SmoothedRetriever(lambda x: x, GALLERY_1D, 0.5), TypeError, "model must be a torch.nn.Module"),
+        (lambda: SmoothedRetriever(SignModel(np.ones(4), 0.0), GALLERY_1D, 0.5, nn_precision="fp16"), ValueError,
+         "nn_precision must be one of"),
         (lambda: Gallery(np.ones((2, 3)), np.array([0, 1, 2])), ValueError, "one label per row"),
         (lambda: Gallery(np.ones((2, 3)), np.array([0, -1])), ValueError, "labels must be >= 0"),
         (lambda: Gallery(np.ones((2, 3)), np.array([0.0, 1.0])), TypeError, "labels must be integers"),

@@ -96,6 +96,11 @@ def test_certify_leave_one_out(files, tmp_path):
         "--gallery", str(files / "gallery_emb.npz"), "--sigma", "0.25", "--n", "300", "--n0", "20",
         "--out", str(tmp_path / "o"), cwd=tmp_path)
     assert len(read_results(tmp_path / "o")) == 6
+    # The screened search (--nn-precision) gives the same records.
+    cli("certify", "--model", str(files / "model.pt"), "--queries", str(files / "queries_loo.npz"),
+        "--gallery", str(files / "gallery_emb.npz"), "--sigma", "0.25", "--n", "300", "--n0", "20",
+        "--nn-precision", "bf16", "--out", str(tmp_path / "bf16"), cwd=tmp_path)
+    assert strip_timing(read_results(tmp_path / "bf16")) == strip_timing(read_results(tmp_path / "o"))
 
 
 def test_the_same_folder_refuses_other_parameters_and_needs_resume(files, tmp_path):

@@ -296,7 +296,8 @@ def run(args, *, model, model_id: str, gallery, x: np.ndarray, labels: np.ndarra
     done = {int(r["index"]) for r in records}
     todo = np.array([i for i in range(len(x)) if i not in done], dtype=np.int64)
     retriever = SmoothedRetriever(model, gallery, args.sigma, device=device, batch_size=args.batch_size, seed=args.seed,
-                                  bf16=args.bf16, channels_last=args.channels_last, compile=args.compile)
+                                  bf16=args.bf16, channels_last=args.channels_last, compile=args.compile,
+                                  nn_precision=args.nn_precision)
     total_samples = len(todo) * (args.n0 + args.n)
     log = _Progress(len(x), len(done), total_samples, quiet=getattr(args, "quiet", False))
     started = time.perf_counter()
@@ -577,6 +578,9 @@ def _add_run_options(p: argparse.ArgumentParser, *, sigma: Optional[float], out:
     p.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast (a different base model)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format for the model")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--nn-precision", choices=["exact", "tf32", "bf16"], default="exact",
+                   help="nearest-neighbour search: exact float32 (default), or screened by a TF32/bf16 tensor-core "
+                        "matmul and verified (identical results; faster on GPUs with large galleries)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 

@@ -116,11 +116,15 @@ class SmoothedRetriever:
     deterministic base model, usually faster on CPUs with AVX-512 BF16 and on GPUs),
     ``channels_last`` (NHWC memory format, for convolutional models), ``compile``
     (``torch.compile`` the model; the first batches pay the compilation).
+    ``nn_precision``: the nearest-neighbour search of :func:`~retrievalguard_fast.nn_vote`:
+    ``"exact"`` (default), or ``"tf32"`` / ``"bf16"`` (tensor-core screening, verified: the same
+    votes and sums bit for bit, so it changes speed, never results; worth it on GPUs with large
+    galleries, slower on CPUs).
     """
 
     def __init__(self, model: torch.nn.Module, gallery: Gallery, sigma: float, *, device: Any = None,
                  batch_size: int = 1000, seed: int = 0, bf16: bool = False, channels_last: bool = False,
-                 compile: bool = False):
+                 compile: bool = False, nn_precision: str = "exact"):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"SmoothedRetriever: model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(gallery, Gallery):
@@ -142,6 +146,10 @@ class SmoothedRetriever:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._forward = torch.compile(self.model) if self.compile else self.model
+        if nn_precision not in ("exact",) + _ops.SCREEN_PRECISIONS:
+            raise ValueError(f"SmoothedRetriever: nn_precision must be one of {('exact',) + _ops.SCREEN_PRECISIONS}, "
+                             f"got {nn_precision!r}")
+        self.nn_precision = nn_precision
 
     @property
     def model_stage(self) -> Dict[str, bool]:
@@ -351,7 +359,8 @@ class _Run:
                 st = self.state[c.query]
                 try:
                     cnt, s = _ops.nn_vote(part, r.gallery.embeddings, r.gallery.labels, self.classes,
-                                          exclude=int(self.exclude[c.query]), check=check_each_batch)
+                                          exclude=int(self.exclude[c.query]), check=check_each_batch,
+                                          precision=r.nn_precision)
                 except ValueError as exc:
                     raise ValueError(f"certify: query {int(self.indices[c.query])}: model output is unusable ({exc})") from exc
                 (st.counts_sel if c.selection else st.counts_cert).add_(cnt)
