@@ -208,3 +208,29 @@ def test_key_bound_covers_the_key_difference(precision):
                           for i in range(len(q))])
         worst = (np.abs(approx_key - true_key).max(axis=1) / bound).max()
         assert worst <= 0.5, worst  # the approximate side alone uses at most half the bound
+
+
+@pytest.mark.parametrize("api", ["legacy", "new"])
+def test_matmul_flags_are_set_and_restored_through_the_callers_api(api):
+    """torch refuses to read a mix of its legacy and new TF32 flags, so the screen must set and
+    restore TF32 through whichever one the process uses (the flags exist on CPU builds too)."""
+    from types import SimpleNamespace
+
+    matmul = torch.backends.cuda.matmul
+    cuda = SimpleNamespace(type="cuda")
+    try:
+        if api == "legacy":
+            torch.set_float32_matmul_precision("highest")
+        else:
+            matmul.fp32_precision = "ieee"
+            matmul.fp32_precision = "tf32"  # a process that only uses the new API
+        before = (matmul.fp32_precision, matmul.allow_bf16_reduced_precision_reduction)
+        with rgf._ops._screen_matmul_flags(cuda, "tf32"):
+            assert matmul.fp32_precision == "tf32" and not matmul.allow_bf16_reduced_precision_reduction
+        with rgf._ops._screen_matmul_flags(cuda, "bf16"):
+            assert not matmul.allow_bf16_reduced_precision_reduction
+        assert (matmul.fp32_precision, matmul.allow_bf16_reduced_precision_reduction) == before
+        if api == "legacy":
+            assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.set_float32_matmul_precision("highest")

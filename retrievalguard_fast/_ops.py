@@ -580,7 +580,10 @@ def screen_rel_error(precision: str, dim: int) -> float:
     input_rounding = 2.0 * u_in + u_in * u_in
     accumulation = (dim + 1) * 2.0**-23 * (1.0 + u_in) ** 2
     if precision == "tf32":
-        return input_rounding + accumulation
+        # torch's "high" float32 precision may run the bf16x3 algorithm instead of TF32: it drops
+        # the low x low product (< 2^-16 of each term) and adds three products per term.
+        bf16x3 = 2.0**-14 + 2.0 * (dim + 1) * 2.0**-23
+        return input_rounding + accumulation + bf16x3
     output_rounding = 2.0**-7 * (1.0 + u_in) ** 2 * (1.0 + (dim + 1) * 2.0**-23)
     return input_rounding + accumulation + output_rounding
 
@@ -600,21 +603,36 @@ def _round_to_tf32(x: Any) -> Any:
 
 @contextlib.contextmanager
 def _screen_matmul_flags(device: Any, precision: str):
-    """TF32 allowed for the TF32 screen; bf16 reductions kept in float32 (the bound assumes it)."""
+    """TF32 allowed for the TF32 screen; bf16 reductions kept in float32 (the bound assumes it).
+
+    torch has a legacy (``set_float32_matmul_precision``) and a newer (``backends.cuda.matmul.
+    fp32_precision``) way to allow TF32 and refuses to read a mix of the two, so the flag is set
+    and restored through whichever one the caller's process uses.
+    """
     torch = _torch()
     if device.type != "cuda":
         yield
         return
     matmul = torch.backends.cuda.matmul
-    old_precision = torch.get_float32_matmul_precision()
+    try:
+        old_precision, legacy = torch.get_float32_matmul_precision(), True
+    except RuntimeError:  # the process set the new per-backend flag
+        old_precision, legacy = matmul.fp32_precision, False
     old_reduction = matmul.allow_bf16_reduced_precision_reduction
+
+    def set_precision(value):
+        if legacy:
+            torch.set_float32_matmul_precision(value)
+        else:
+            matmul.fp32_precision = value
+
     try:
         if precision == "tf32":
-            torch.set_float32_matmul_precision("high")
+            set_precision("high" if legacy else "tf32")
         matmul.allow_bf16_reduced_precision_reduction = False
         yield
     finally:
-        torch.set_float32_matmul_precision(old_precision)
+        set_precision(old_precision)
         matmul.allow_bf16_reduced_precision_reduction = old_reduction
 
 
@@ -690,7 +708,7 @@ def nn_vote_screened(
         for r0 in range(0, rows, chunk):
             r1 = min(rows, r0 + chunk)
             q = et[r0:r1]
-            scores = torch.mm(_screen_operand(q, precision), g_screen.T)
+            scores = torch.mm(_screen_operand(q, precision), g_screen.T).contiguous()
             if backend == "cuda":
                 undecided += int(cuda.nn_vote_screened(
                     _device_index(q), _cuda_stream(q), q.data_ptr(), r1 - r0, gt.data_ptr(), gallery_rows, dim,

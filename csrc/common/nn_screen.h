@@ -28,6 +28,10 @@ struct ScreenList {
 RGF_HD void screen_init(ScreenList& l, int capacity) {
   l.size = 0;
   l.capacity = capacity;
+  for (int i = 0; i <= kMaxScreenCandidates; ++i) {  // defined values even where unused (the
+    l.key[i] = INFINITY;                              // CUDA warp merge shuffles every slot)
+    l.index[i] = kNoIndex;
+  }
 }
 
 // Inserts (key, index) if it ranks among the `capacity` smallest; insertion sort (capacity <= 17).
