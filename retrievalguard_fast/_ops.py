@@ -718,10 +718,13 @@ def nn_vote_screened(
                 problems += chunk_problems
             else:
                 scores_np = scores.numpy() if precision == "tf32" else scores.view(torch.int16).numpy().view(np.uint16)
-                undecided += int(_core.nn_vote_screened(
-                    q.numpy().reshape(-1), g_flat, dim, labels_np, num_classes,
-                    ex_np[r0:r1] if ex_np is not None else np.empty(0, dtype=np.int64), normalize, scores_np,
-                    candidates, rel_error, chunk_counts.numpy(), chunk_sum.numpy(), nearest[r0:r1].numpy()))
+                try:
+                    undecided += int(_core.nn_vote_screened(
+                        q.numpy().reshape(-1), g_flat, dim, labels_np, num_classes,
+                        ex_np[r0:r1] if ex_np is not None else np.empty(0, dtype=np.int64), normalize, scores_np,
+                        candidates, rel_error, chunk_counts.numpy(), chunk_sum.numpy(), nearest[r0:r1].numpy()))
+                except ValueError as exc:  # the kernel numbers rows within the chunk
+                    raise ValueError(f"{op}: in the chunk of embeddings rows [{r0}, {r1}): {exc}") from None
             counts += chunk_counts
             embedding_sum += chunk_sum  # exact: fixed-point multiples of 2^-32 (see nn_vote)
     if backend == "cuda" and check:
