@@ -184,7 +184,8 @@ def bench_nn_vote_cpu(args, rng):
             "gflops": flops / t_ours / 1e9, "ceiling_gflops": peak / 1e9}]
     if args.modes:
         m = min(n, args.modes_rows)
-        out.append(bench_nn_vote_modes(et[:m], gt, lt, C, 1, check_rows=2000))
+        for data in args.modes_data:
+            out.append(bench_nn_vote_modes(modes_embeddings(m, gt, data), gt, lt, C, 1, check_rows=2000, data=data))
     return out
 
 
@@ -200,7 +201,17 @@ def lowprec_argmin(e_unit, g, precision, chunk=8192):
     return nearest
 
 
-def bench_nn_vote_modes(e, g, labels, C, repeat, check_rows):
+def modes_embeddings(n, g, data, seed=0):
+    """Embeddings for the mode table: "random" (standard normal rows) or "near" (a random gallery
+    row plus N(0, 0.05^2) per coordinate, like the noisy samples of a query close to its items)."""
+    gen = torch.Generator(device=g.device).manual_seed(seed)
+    if data == "random":
+        return torch.randn(n, g.shape[1], generator=gen, device=g.device)
+    idx = torch.randint(0, len(g), (n,), generator=gen, device=g.device)
+    return g[idx] + 0.05 * torch.randn(n, g.shape[1], generator=gen, device=g.device)
+
+
+def bench_nn_vote_modes(e, g, labels, C, repeat, check_rows, data="random"):
     """nn_vote's exact and screened (TF32 / bf16 tensor-core) modes against torch float32
     (TF32 off) matmul + argmin + bincount, on the same unit-norm embeddings. For each mode: time,
     speed-up over that baseline, the fraction of rows the screen left to the exact search, and
@@ -238,14 +249,15 @@ def bench_nn_vote_modes(e, g, labels, C, repeat, check_rows):
                      "differs": differs})
     for r in rows:
         r["speedup_vs_baseline"] = t_base / r["seconds"]
-    print(f"\nnn_vote modes ({dev.type}): {n} x {len(g)} x {g.shape[1]}; speed-up over the torch fp32 baseline; "
+    print(f"\nnn_vote modes ({dev.type}, {data} embeddings): {n} x {len(g)} x {g.shape[1]}; speed-up over the torch fp32 baseline; "
           f"'differs' = nearest item differs from exact mode (first {check_rows} rows)")
     print(f"  {'mode':<42}{'time':>11}{'speed-up':>10}{'undecided':>11}{'differs':>10}")
     for r in rows:
         und = "" if r["undecided"] is None else f"{r['undecided']:.2%}"
         dif = "" if r["differs"] is None else f"{r['differs']:.3%}"
         print(f"  {r['mode']:<42}{r['seconds'] * 1e3:>9.1f}ms{r['speedup_vs_baseline']:>9.2f}x{und:>11}{dif:>10}")
-    return {"kernel": "nn_vote modes", "device": dev.type, "shape": [n, len(g), g.shape[1], C], "modes": rows}
+    return {"kernel": "nn_vote modes", "device": dev.type, "data": data, "shape": [n, len(g), g.shape[1], C],
+            "modes": rows}
 
 
 def bench_noise_cpu(args):
@@ -294,7 +306,9 @@ def bench_cuda(args, rng):
                 f"ours: {flops / t_ours / 1e12:.2f} TFLOP/s = {flops / t_ours / peak:.0%} of measured fp32 matmul {peak / 1e12:.1f} TFLOP/s")
     out = [{"kernel": "nn_vote", "device": "cuda", "shape": [n, N, k, C], "results": results}]
     if args.modes:
-        out.append(bench_nn_vote_modes(e, g, labels, C, args.repeat, check_rows=20_000))
+        for data in args.modes_data:
+            out.append(bench_nn_vote_modes(modes_embeddings(n, g, data), g, labels, C, args.repeat, check_rows=20_000,
+                                           data=data))
 
     shape = tuple(args.noise_shape)
     x = torch.rand(shape, device=dev)
@@ -328,6 +342,8 @@ def main(argv=None):
     p.add_argument("--no-modes", dest="modes", action="store_false",
                    help="skip the exact vs screened (TF32/bf16 tensor-core) nn_vote mode table")
     p.add_argument("--modes-rows", type=int, default=4000, help="embeddings for the mode table on the CPU")
+    p.add_argument("--modes-data", nargs="+", choices=["random", "near"], default=["random", "near"],
+                   help="embeddings of the mode table: random rows and/or noisy copies of gallery rows")
     p.add_argument("--skip-numpy", action="store_true", help="skip the (slow) numpy nn_vote baseline")
     p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     p.add_argument("--json", help="write the figures to this file")
