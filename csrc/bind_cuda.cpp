@@ -116,6 +116,7 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("nn_search", &nn_search);
   m.def("nn_vote", &nn_vote);
   m.def("nn_vote_screened", &nn_vote_screened);
+  m.attr("kernel_abi") = 3;  // must equal retrievalguard_fast._backend.KERNEL_ABI
   m.attr("num_problem_slots") = static_cast<int>(rgf::kNumProblemSlots);
   m.attr("architectures") = RGF_CUDA_ARCHS;
   m.attr("compiler_version") = RGF_CUDA_COMPILER_VERSION;

@@ -122,19 +122,44 @@ def test_nn_vote_precision_argument(kind):
         rgf.nn_vote(q, g, labels, 7, precision="fp8")
 
 
-def test_tiny_galleries_and_empty_batches():
+def test_tiny_galleries_and_empty_batches(kind):
     q, g, labels = clustered_problem(5, rows=50, clusters=2, per_cluster=2)
     for gallery_rows in (1, 2, 3):  # at most `candidates` rows: all are rescored exactly
         ref = rgf.nn_vote(q, g[:gallery_rows], labels[:gallery_rows], 7)
-        got = rgf.nn_vote_screened(q, g[:gallery_rows], labels[:gallery_rows], 7, candidates=3)
-        np.testing.assert_array_equal(got.counts, ref[0])
+        got = rgf.nn_vote_screened(to_kind(q, kind), to_kind(g[:gallery_rows], kind),
+                                   to_kind(labels[:gallery_rows], kind), 7, candidates=3)
+        np.testing.assert_array_equal(to_numpy(got.counts), ref[0])
         assert got.undecided_rows == 0
-    empty = rgf.nn_vote_screened(q[:0], g, labels, 7)
-    assert empty.counts.sum() == 0 and empty.nearest.shape == (0,) and (empty.embedding_sum == 0).all()
+    # A single excluded index for every row, and an empty batch.
+    ref = rgf.nn_vote(q, g, labels, 7, exclude=1)
+    got = rgf.nn_vote_screened(to_kind(q, kind), to_kind(g, kind), to_kind(labels, kind), 7, exclude=1)
+    np.testing.assert_array_equal(to_numpy(got.counts), ref[0])
+    assert (to_numpy(got.nearest) != 1).all()
+    empty = rgf.nn_vote_screened(to_kind(q[:0], kind), to_kind(g, kind), to_kind(labels, kind), 7)
+    assert to_numpy(empty.counts).sum() == 0 and tuple(empty.nearest.shape) == (0,)
+    assert (to_numpy(empty.embedding_sum) == 0).all()
 
 
-def test_bad_arguments_are_named():
+def test_a_callers_autocast_does_not_change_the_screen(kind):
+    """Under autocast the screening matmul would return another dtype; it must not (the kernel
+    reads the scores as float32 for TF32 and as bf16 for bf16)."""
+    q, g, labels = clustered_problem(9, rows=100)
+    ref = rgf.nn_vote(q, g, labels, 7)
+    device_type = "cuda" if kind == "cuda" else "cpu"
+    for dtype in (torch.bfloat16, torch.float16):
+        if device_type == "cpu" and dtype == torch.float16:
+            continue
+        with torch.autocast(device_type, dtype=dtype):
+            for precision in PRECISIONS:
+                got = rgf.nn_vote_screened(to_kind(q, kind), to_kind(g, kind), to_kind(labels, kind), 7,
+                                           precision=precision)
+                np.testing.assert_array_equal(to_numpy(got.counts), ref[0])
+                assert np.array_equal(to_numpy(got.embedding_sum), ref[1])
+
+
+def test_bad_arguments_are_named(kind):
     q, g, labels = clustered_problem(6, rows=20)
+    q, g, labels = (to_kind(a, kind) for a in (q, g, labels))
     with pytest.raises(ValueError, match="candidates must be in"):
         rgf.nn_vote_screened(q, g, labels, 7, candidates=0)
     with pytest.raises(ValueError, match="candidates must be in"):
@@ -143,12 +168,16 @@ def test_bad_arguments_are_named():
         rgf.nn_vote_screened(q, g, labels, 7, precision="exact")
     with pytest.raises(ValueError, match="chunk_bytes"):
         rgf.nn_vote_screened(q, g, labels, 7, chunk_bytes=0)
+    bad = q.clone() if kind != "numpy" else q.copy()
+    bad[3, 1] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
-        bad = q.copy()
-        bad[3, 1] = np.nan
         rgf.nn_vote_screened(bad, g, labels, 7)
+    with pytest.raises(ValueError, match="non-finite"):  # also when the bad row is in a later chunk
+        rgf.nn_vote_screened(bad, g, labels, 7, chunk_bytes=2 * g.shape[0] * 4)
     with pytest.raises(ValueError, match="gallery_labels"):
         rgf.nn_vote_screened(q, g, labels[:-1], 7)
+    with pytest.raises(ValueError, match="gallery_labels"):
+        rgf.nn_vote_screened(q, g, labels, 3)  # labels up to 6 are outside [0, 3)
 
 
 def rounding_stress_problem(precision, rows=64, gallery_rows=96, dim=128, seed=7):

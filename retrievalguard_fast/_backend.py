@@ -53,6 +53,11 @@ try:
     from . import _cuda  # type: ignore[attr-defined]
 except ImportError:  # built without a CUDA compiler
     _cuda = None
+if _cuda is not None and getattr(_cuda, "kernel_abi", None) != KERNEL_ABI:
+    raise ImportError(
+        f"retrievalguard_fast: compiled module {_cuda.__file__} is of another version "
+        f"(kernel ABI {getattr(_cuda, 'kernel_abi', None)}, expected {KERNEL_ABI}); reinstall: pip install ."
+    )
 
 
 def has_cuda() -> bool:

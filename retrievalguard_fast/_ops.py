@@ -684,6 +684,7 @@ def nn_vote_screened(
     with warnings.catch_warnings():  # read-only numpy inputs: only read here
         warnings.simplefilter("ignore", UserWarning)
         et, gt = (torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in (e, g))
+    score_dtype = torch.float32 if precision == "tf32" else torch.bfloat16
     score_bytes = 4 if precision == "tf32" else 2
     if chunk_bytes is None:
         chunk_bytes = 2**30 if backend == "cuda" else 2**26
@@ -708,14 +709,20 @@ def nn_vote_screened(
         for r0 in range(0, rows, chunk):
             r1 = min(rows, r0 + chunk)
             q = et[r0:r1]
-            scores = torch.mm(_screen_operand(q, precision), g_screen.T).contiguous()
+            with torch.autocast(et.device.type, enabled=False):  # a caller's autocast must not change the dtype
+                scores = torch.mm(_screen_operand(q, precision), g_screen.T).contiguous()
+            if scores.dtype != score_dtype or scores.shape != (r1 - r0, gallery_rows):
+                raise RuntimeError(f"{op}: the screening matmul returned {scores.dtype} {tuple(scores.shape)}, expected "
+                                   f"{score_dtype} {(r1 - r0, gallery_rows)}")
             if backend == "cuda":
                 undecided += int(cuda.nn_vote_screened(
                     _device_index(q), _cuda_stream(q), q.data_ptr(), r1 - r0, gt.data_ptr(), gallery_rows, dim,
                     labels.data_ptr(), num_classes, ex[r0:r1].data_ptr() if ex is not None else 0, normalize,
                     scores.data_ptr(), precision == "bf16", candidates, rel_error, chunk_counts.data_ptr(),
                     chunk_sum.data_ptr(), nearest[r0:r1].data_ptr(), chunk_problems.data_ptr()))
-                problems += chunk_problems
+                # Row slots add up over chunks; the gallery and label slots repeat in every chunk.
+                problems[0::3] += chunk_problems[0::3]
+                problems[1:3] = torch.maximum(problems[1:3], chunk_problems[1:3])
             else:
                 scores_np = scores.numpy() if precision == "tf32" else scores.view(torch.int16).numpy().view(np.uint16)
                 try:

@@ -1,5 +1,7 @@
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -12,20 +14,30 @@ namespace rgf {
 namespace {
 
 // Tile shape: a 256-thread block owns 64 query rows x 64 gallery rows, stepping through the
-// embedding dimension 16 at a time; each thread holds a 4x4 register tile (rows ty + 16 i,
-// gallery rows tx + 16 j), so the 16 threads sharing a row are one half-warp.
+// embedding dimension 16 at a time; each thread holds a 4x4 register tile (rows 4 ty + i,
+// gallery rows 4 tx + j, read from shared memory as one float4 each per step: 2 shared loads
+// per 16 FMAs, so the FMA units, not the shared-memory port, set the pace), and the 16 threads
+// sharing a row are one half-warp.
 constexpr int kTileRows = 64;
 constexpr int kTileGallery = 64;
 constexpr int kTileDim = 16;
 constexpr int kThreads = 256;
+constexpr int kTileStride = kTileRows + 4;  // padded row of a shared tile; a multiple of 4 (float4 loads)
+static_assert(kTileRows == kTileGallery, "the tile loader fills both tiles with one index");
 constexpr double kMaxUnnormalizedNorm2 = (1.0 + 1e-5) * (1.0 + 1e-5);
 
-// Warp-level float64 sum of squares of one row (lane-strided, then a butterfly reduction).
+// Float64 sum of squares of one row by a whole warp, added in index order 0, 1, 2, ... exactly
+// as the CPU kernels add it (so norms, scales and keys have the same bits on both): each lane
+// squares one element of a 32-element chunk (exact in float64), then every lane adds the
+// chunk's squares one after another, fetched by shuffles. All lanes return the sum.
 __device__ double warp_sum_squares(const float* __restrict__ v, int64_t dim, int lane) {
   double acc = 0.0;
-  for (int64_t j = lane; j < dim; j += 32) acc += static_cast<double>(v[j]) * v[j];
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
+  for (int64_t j0 = 0; j0 < dim; j0 += 32) {
+    const int64_t j = j0 + lane;
+    const double square = j < dim ? static_cast<double>(v[j]) * static_cast<double>(v[j]) : 0.0;
+    const int count = dim - j0 < 32 ? static_cast<int>(dim - j0) : 32;
+    for (int l = 0; l < count; ++l) acc += __shfl_sync(0xffffffffu, square, l);
+  }
   return acc;
 }
 
@@ -96,8 +108,8 @@ nn_tiles_kernel(const float* __restrict__ queries, int64_t rows, const float* __
                 int64_t gallery_rows, int64_t dim, const int64_t* __restrict__ exclude,
                 const float* __restrict__ m2s, const float* __restrict__ gn,
                 int64_t tiles_per_segment, Top* __restrict__ partial) {
-  __shared__ float a_tile[kTileDim][kTileRows + 1];     // +1: fewer bank conflicts on the stores
-  __shared__ float b_tile[kTileDim][kTileGallery + 1];
+  __shared__ __align__(16) float a_tile[kTileDim][kTileStride];
+  __shared__ __align__(16) float b_tile[kTileDim][kTileStride];
   const int tid = threadIdx.x;
   const int tx = tid & 15, ty = tid >> 4;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
@@ -109,7 +121,7 @@ nn_tiles_kernel(const float* __restrict__ queries, int64_t rows, const float* __
   int64_t row_skip[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const int64_t r = row0 + ty + 16 * i;
+    const int64_t r = row0 + 4 * ty + i;
     top[i] = nn_empty<Top>();
     row_m2s[i] = r < rows ? m2s[r] : NAN;
     row_skip[i] = (r < rows && exclude != nullptr) ? exclude[r] : -1;
@@ -129,11 +141,10 @@ nn_tiles_kernel(const float* __restrict__ queries, int64_t rows, const float* __
       __syncthreads();
 #pragma unroll
       for (int kk = 0; kk < kTileDim; ++kk) {
-        float a[4], b[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) a[i] = a_tile[kk][ty + 16 * i];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) b[j] = b_tile[kk][tx + 16 * j];
+        const float4 a4 = *reinterpret_cast<const float4*>(&a_tile[kk][4 * ty]);
+        const float4 b4 = *reinterpret_cast<const float4*>(&b_tile[kk][4 * tx]);
+        const float a[4] = {a4.x, a4.y, a4.z, a4.w};
+        const float b[4] = {b4.x, b4.y, b4.z, b4.w};
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -144,7 +155,7 @@ nn_tiles_kernel(const float* __restrict__ queries, int64_t rows, const float* __
     // Epilogue: rank this tile's candidates into the running top of each row.
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const int64_t col = g0 + tx + 16 * j;
+      const int64_t col = g0 + 4 * tx + j;
       if (col >= seg_end) continue;
       const float g_norm2 = gn[col];
 #pragma unroll
@@ -159,7 +170,7 @@ nn_tiles_kernel(const float* __restrict__ queries, int64_t rows, const float* __
   for (int i = 0; i < 4; ++i) {
 #pragma unroll
     for (int offset = 8; offset > 0; offset >>= 1) shfl_merge(top[i], 0xffffffffu, offset);
-    const int64_t r = row0 + ty + 16 * i;
+    const int64_t r = row0 + 4 * ty + i;
     if (tx == 0 && r < rows) partial[static_cast<int64_t>(blockIdx.y) * rows + r] = top[i];
   }
 }
@@ -224,6 +235,20 @@ __global__ void fixed_to_double_kernel(const unsigned long long* __restrict__ fi
 
 int blocks_for(int64_t work, int threads) {
   return static_cast<int>(std::max<int64_t>(1, (work + threads - 1) / threads));
+}
+
+// cudaMallocAsync's default pool hands its memory back to the driver at every synchronisation
+// (release threshold 0), and the screened search synchronises once per call: keep up to 256 MiB
+// cached per device so that repeated calls reuse it instead of mapping it again.
+void keep_pool_warm(int device) {
+  static std::once_flag once[64];
+  if (device < 0 || device >= 64) return;
+  std::call_once(once[device], [device] {
+    cudaMemPool_t pool;
+    cuda_check(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool");
+    uint64_t threshold = uint64_t{256} << 20;
+    cuda_check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold), "cudaMemPoolSetAttribute");
+  });
 }
 
 // Device scratch memory, allocated and freed in stream order (no synchronisation).
@@ -376,10 +401,9 @@ screen_kernel(const float* __restrict__ queries, int64_t rows, const float* __re
   const int64_t base = r * gallery_rows;
   float worst_key = INFINITY;  // the list's last entry once full, kept in registers
   int64_t worst_index = kNoIndex;
-  for (int64_t j = lane; j < gallery_rows; j += 32) {
-    if (j == skip) continue;
-    const float g2 = gn[j];
-    const float key = nn_key(row_m2s, load_score<kBf16>(scores, base + j), g2);
+  const auto visit = [&](int64_t j, float score, float g2) {
+    if (j == skip) return;
+    const float key = nn_key(row_m2s, score, g2);
     finite = finite && isfinite(key);
     gn_max = fmaxf(gn_max, g2);
     if (nn_before(key, j, worst_key, worst_index)) {
@@ -389,7 +413,22 @@ screen_kernel(const float* __restrict__ queries, int64_t rows, const float* __re
         worst_index = list.index[list.size - 1];
       }
     }
+  };
+  // Each lane visits j = lane, lane + 32, ...; four at a time with the loads issued first, so
+  // several loads are in flight per lane (the list's contents do not depend on the visit order).
+  constexpr int kUnroll = 4;
+  int64_t j = lane;
+  for (; j + 32 * (kUnroll - 1) < gallery_rows; j += 32 * kUnroll) {
+    float score[kUnroll], g2[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      score[u] = load_score<kBf16>(scores, base + j + 32 * u);
+      g2[u] = gn[j + 32 * u];
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) visit(j + 32 * u, score[u], g2[u]);
   }
+  for (; j < gallery_rows; j += 32) visit(j, load_score<kBf16>(scores, base + j), gn[j]);
   // Butterfly merge: each step joins two disjoint groups of lanes, so no entry is seen twice.
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) {
@@ -459,6 +498,7 @@ __global__ void merge_undecided_kernel(const Top1* __restrict__ partial, int64_t
 void nn_search_cuda(const NNCudaProblem& p, int64_t* index1, float* dist1, int64_t* index2,
                     float* dist2, int64_t* problems) {
   cuda_check(cudaSetDevice(p.device), "cudaSetDevice");
+  keep_pool_warm(p.device);
   if (p.rows == 0) return;
   const Plan plan = make_plan(p);
   StreamScratch scratch(scratch_bytes<Top2>(p, plan, 0), p.stream);
@@ -473,6 +513,7 @@ void nn_search_cuda(const NNCudaProblem& p, int64_t* index1, float* dist1, int64
 void nn_vote_cuda(const NNCudaProblem& p, const int64_t* gallery_labels, int64_t num_classes,
                   int64_t* counts, double* embedding_sum, int64_t* problems) {
   cuda_check(cudaSetDevice(p.device), "cudaSetDevice");
+  keep_pool_warm(p.device);
   cuda_check(cudaMemsetAsync(counts, 0, num_classes * sizeof(int64_t), p.stream), "cudaMemsetAsync");
   if (p.rows == 0) {
     cuda_check(cudaMemsetAsync(embedding_sum, 0, p.dim * sizeof(double), p.stream), "cudaMemsetAsync");
@@ -498,6 +539,7 @@ int64_t nn_vote_screened_cuda(const NNCudaProblem& p, const int64_t* gallery_lab
                               const ScreenScoresCuda& s, int64_t* counts, double* embedding_sum,
                               int64_t* nearest, int64_t* problems) {
   cuda_check(cudaSetDevice(p.device), "cudaSetDevice");
+  keep_pool_warm(p.device);
   if (s.candidates < 1 || s.candidates > kMaxScreenCandidates)
     throw std::invalid_argument("nn_vote_screened: candidates must be in [1, " +
                                 std::to_string(kMaxScreenCandidates) + "]");
