@@ -341,7 +341,7 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--no-modes", dest="modes", action="store_false",
                    help="skip the exact vs screened (TF32/bf16 tensor-core) nn_vote mode table")
-    p.add_argument("--modes-rows", type=int, default=4000, help="embeddings for the mode table on the CPU")
+    p.add_argument("--modes-rows", type=int, default=2000, help="embeddings for the mode table on the CPU")
     p.add_argument("--modes-data", nargs="+", choices=["random", "near"], default=["random", "near"],
                    help="embeddings of the mode table: random rows and/or noisy copies of gallery rows")
     p.add_argument("--skip-numpy", action="store_true", help="skip the (slow) numpy nn_vote baseline")
