@@ -300,6 +300,42 @@ def reference_soft_radii(f, t, g, labels, label, sigma, exclude=-1, k=1):
     return best_g, best_l
 
 
+@pytest.mark.parametrize("kind", ["unit", "scaled", "clustered"])
+def test_pruning_positives_never_changes_soft_radii(kind, monkeypatch):
+    """soft_radii skips positives whose upper bounds cannot beat the best radius so far; the
+    result must equal the unpruned computation exactly, for every K and both certificates."""
+    from retrievalguard_fast import certificates
+
+    pairs = []  # size of every pair matrix computed
+    real = certificates._pair_terms
+    monkeypatch.setattr(certificates, "_pair_terms", lambda f, g, n2, proj, p, b, *a, **kw: (
+        pairs.append(len(p) * len(b)), real(f, g, n2, proj, p, b, *a, **kw))[1])
+    rng = np.random.default_rng({"unit": 11, "scaled": 12, "clustered": 13}[kind])
+    work = {True: 0, False: 0}
+    for trial in range(12):
+        n, dim = 300, 8
+        g = random_unit(rng, n, dim)
+        if kind == "scaled":
+            g = g * rng.uniform(0.3, 1.0, (n, 1))
+        elif kind == "clustered":  # near-duplicates across labels: close pairs, tiny separations
+            g = random_unit(rng, 30, dim)[rng.integers(0, 30, n)] + 1e-4 * rng.standard_normal((n, dim))
+            g /= np.linalg.norm(g, axis=1, keepdims=True)
+        g = g.astype(np.float32).astype(np.float64)
+        labels = rng.integers(0, 4, n)
+        f = 0.7 * g[trial] + 0.05 * random_unit(rng, 1, dim)[0]
+        label, exclude = int(labels[trial]), int(rng.choice([-1, trial]))
+        dev = float(rng.choice([0.0, 0.01, 0.2]))
+        args = (f, dev, g, (g**2).sum(1), labels, label, 0.4)
+        for prune in (True, False):
+            pairs.clear()
+            result = soft_radii(*args, exclude=exclude, ks=(1, 3, 5), chunk=16, prune=prune)
+            work[prune] += sum(pairs)
+            if prune:
+                pruned = result
+        assert pruned == result  # the unpruned one
+    assert work[True] < 0.5 * work[False]  # the pruning really skipped most of the work
+
+
 @pytest.mark.parametrize("unit", [True, False])
 def test_soft_radii_match_a_pairwise_reference(unit):
     rng = np.random.default_rng(8 if unit else 9)
