@@ -11,6 +11,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "../common/nn_math.h"
 #include "../common/nn_screen.h"
@@ -98,6 +101,32 @@ RowTerms row_terms(const NNProblem& p, const char* op, const char* what, bool re
 // overwritten with the ranking keys. `skip` is the excluded index relative to g0 (or outside).
 inline void tile_row_update(float* dots, const float* gn, int64_t width, int64_t g0,
                             float minus_two_scale, int64_t skip, Top1& top) {
+#if defined(__AVX512F__)
+  // One pass: each lane keeps its smallest key and the first index attaining it (strict <),
+  // then the lanes are combined, ties going to the lower index: the same (key, index) as the
+  // portable scan below, without a second pass over the tile. Keys are the same fused
+  // multiply-add as nn_key.
+  const __m512 m = _mm512_set1_ps(minus_two_scale);
+  const __m512 inf = _mm512_set1_ps(INFINITY);
+  __m512 best = inf;
+  __m512i best_index = _mm512_set1_epi32(0);
+  __m512i index = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (int64_t j = 0; j < width; j += 16) {
+    const __mmask16 live = width - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (width - j)) - 1u);
+    __m512 key = _mm512_fmadd_ps(m, _mm512_maskz_loadu_ps(live, dots + j), _mm512_maskz_loadu_ps(live, gn + j));
+    __mmask16 use = live;
+    if (skip >= j && skip < j + 16) use &= static_cast<__mmask16>(~(1u << (skip - j)));
+    key = _mm512_mask_mov_ps(inf, use, key);
+    const __mmask16 smaller = _mm512_cmp_ps_mask(key, best, _CMP_LT_OQ);
+    best = _mm512_mask_mov_ps(best, smaller, key);
+    best_index = _mm512_mask_mov_epi32(best_index, smaller, index);
+    index = _mm512_add_epi32(index, _mm512_set1_epi32(16));
+  }
+  const float b = _mm512_reduce_min_ps(best);
+  if (b == INFINITY || !(b <= top.d1)) return;  // nothing here, or cannot improve
+  const __mmask16 at_min = _mm512_cmp_ps_mask(best, _mm512_set1_ps(b), _CMP_EQ_OQ);
+  nn_push(top, b, g0 + _mm512_mask_reduce_min_epi32(at_min, best_index));
+#else
   float best = INFINITY;
 #pragma omp simd reduction(min : best)
   for (int64_t j = 0; j < width; ++j) {
@@ -118,6 +147,7 @@ inline void tile_row_update(float* dots, const float* gn, int64_t width, int64_t
       return;
     }
   }
+#endif
 }
 
 inline void tile_row_update(float* dots, const float* gn, int64_t width, int64_t g0,
