@@ -61,6 +61,6 @@ REPO="$OLDPWD"
 step gpu_tests 300 env RGF_REQUIRE_CUDA=1 "$PY" -m pytest -q --maxfail=25 "$REPO/python_tests" -k "cuda" -p no:cacheprovider
 step bench_kernels 240 "$PY" -m retrievalguard_fast bench kernels --device cuda --repeat 5 --json "$LOG/kernels.json"
 step bench_digits 120 "$PY" -m retrievalguard_fast bench certify --device cuda --queries 50 --batch-size 10000 --json "$LOG/digits.json"
-step bench_resnet50 300 "$PY" -m retrievalguard_fast bench certify --device cuda --workload resnet50 --queries 2 \
+step bench_resnet50 300 "$PY" -m retrievalguard_fast bench certify --device cuda --workload resnet50 --queries 1 \
   --n 100000 --batch-size 1000 --repeat 1 --json "$LOG/resnet50.json"
 
