@@ -345,7 +345,7 @@ size_t scratch_bytes(const NNCudaProblem& p, const Plan& plan, size_t extra) {
   return terms_bytes(p) + StreamScratch::padded(plan.segments * p.rows * sizeof(Top)) + StreamScratch::padded(extra);
 }
 
-// Adds the fixed-point embedding sum of all rows to `embedding_sum` (overwritten).
+// Writes the sum of all (scaled) rows into `embedding_sum`, accumulated in fixed point.
 void launch_embedding_sum(const NNCudaProblem& p, const double* scale, unsigned long long* fixed_sum,
                           double* embedding_sum) {
   cuda_check(cudaMemsetAsync(fixed_sum, 0, p.dim * sizeof(unsigned long long), p.stream), "cudaMemsetAsync");
