@@ -15,10 +15,12 @@ from scipy.special import ndtri  # standard normal quantile Phi^-1
 from .stats import clopper_pearson_lower
 
 LIPSCHITZ_FACTOR = math.sqrt(math.pi / 2.0)  # F is sqrt(2/pi)/sigma-Lipschitz along any unit u
-# Pairs of gallery rows closer than this (squared) get their distance recomputed directly,
-# so a near-duplicate pair never has its separation (the denominator of the margin) underestimated.
-_NEAR_DUPLICATE2 = 1e-6  # relative to the rows' squared norms
-_ROUNDING_ALLOWANCE = 1e-9  # subtracted from every margin (in units of u.F), see soft_radii
+_EPS = 2.0**-53  # float64 unit roundoff
+# Pairs whose squared separation from the Gram expansion is below _CLOSE (k + 5) max(|g|^2, 1)
+# are recomputed from differences: elsewhere the expansion's rounding (at most 4 (k + 5) eps
+# max|g|^2) moves the separation by less than 1e-11 of itself (see _pair_terms).
+_CLOSE = 2.25e-5
+_ROUNDING_ALLOWANCE = 1e-9  # subtracted from every margin (in units of u.F), on top of the bounds
 
 
 def vote_radius(count: int, n: int, alpha: float, sigma: float):
@@ -67,13 +69,14 @@ def soft_radii(
         R_lip(p, b)   = sigma sqrt(pi/2) (u.F_hat - deviation - tau)
         R_gauss(p, b) = sigma [Phi^-1((1 + u.F_hat - deviation)/2) - Phi^-1((1 + tau)/2)]
 
-    (R_gauss is +inf when tau < -1, -inf when tau >= 1; margins are reduced by 1e-9 to absorb
-    float64 rounding). The query's radius is
+    (R_gauss is +inf when tau < -1, -inf when tau >= 1; margins are reduced by a rigorous bound on
+    their float64 rounding, see _pair_terms, plus 1e-9). The query's radius is
     ``max_p min_b``; for Recall@K it is ``max_p`` of the K-th smallest over b. The ``exclude``
     row takes no part. No positive gives -inf (never certified); no negative gives +inf.
 
     ``prune`` skips positives that provably cannot raise the maximum (see below); the result is
-    the same as without it (the tests compare both), only faster.
+    the same as without it up to float64 rounding, only faster. ``gallery_sq_norms`` must be
+    float64 sums of squares of the rows (as ``Gallery.sq_norms64``): the rounding bounds assume it.
     """
     f = np.asarray(mean_embedding, dtype=np.float64)
     g = np.asarray(gallery, dtype=np.float64)
@@ -99,16 +102,18 @@ def soft_radii(
             best_gauss[k] = best_lip[k] = math.inf
     ks_open = [k for k in ks if k <= len(neg)]
 
-    # Pruning (exact). For any K negatives B_K, the K-th smallest radius of p over all negatives is
-    # at most max_{b in B_K} R(p, b). With B_K = the K negatives nearest F_hat (largest g_b.F_hat)
+    # Pruning. For any K negatives B_K, the K-th smallest radius of p over all negatives is at
+    # most max_{b in B_K} R(p, b). With B_K = the K negatives nearest F_hat (largest g_b.F_hat)
     # that gives cheap upper bounds U_K(p) for every positive; positives are visited in order of
     # decreasing U_1, and one whose bounds are below the best radii found so far (for every K and
-    # both certificates, with a 1e-9 relative margin for rounding differences between the two
-    # computations) cannot change the result and is skipped.
+    # both certificates) cannot raise them and is skipped. Two computations of one pair differ
+    # by rounding (BLAS results depend on the matrix shapes), so the bounds use each pair's
+    # margins loosened by twice their rounding bounds (_PairTerms.loosened): U_K(p) is at least
+    # what the full computation would give, and a skip never lowers a radius.
     upper = None
     if prune and ks_open and len(pos) > chunk // 8:
         near = neg[np.argsort(-proj[neg], kind="stable")[: max(ks_open)]]
-        t = _pair_terms(f, g, gallery_sq_norms, proj, pos, near, deviation)
+        t = _pair_terms(f, g, gallery_sq_norms, proj, pos, near, deviation).loosened()
         gauss = _gauss_all(t, sigma)
         lip = sigma * LIPSCHITZ_FACTOR * t.lip_margin
         upper = {k: (np.max(gauss[:, :k], axis=1), np.max(lip[:, :k], axis=1)) for k in ks_open}
@@ -132,7 +137,7 @@ def soft_radii(
         if len(p) == 0:
             continue
         t = _pair_terms(f, g, gallery_sq_norms, proj, p, neg, deviation, g_neg=g_neg)
-        lower, tau, degenerate, always = t.lower, t.tau, t.degenerate, t.always
+        lower, tau, degenerate, always = t.lower, t.tau, t.degenerate, t.always  # (tau, always: computed once)
         # Gaussian radius R_gauss(p, b) = sigma [N(lower_pb) - N(tau_pb)], N(v) = Phi^-1((1 + v)/2).
         # Quantiles are the cost, so only candidate pairs are evaluated: N is increasing with
         # slope >= sqrt(pi/2), so a negative b with lower_pb > lower_(K) + delta_p, where
@@ -147,8 +152,9 @@ def soft_radii(
             delta = (tau_term_max - tau_term_min) / LIPSCHITZ_FACTOR * (1.0 + 1e-9) + 1e-15
         else:  # some tau <= -1 or >= 1: every pair exactly, with its infinite radii
             gauss_all = _gauss_all(t, sigma)
+        lip_margin = t.lip_margin
         for k in ks_open:
-            kth_lip = _kth_smallest(t.lip_margin, k)
+            kth_lip = _kth_smallest(lip_margin, k)
             best_lip[k] = max(best_lip[k], float(sigma * LIPSCHITZ_FACTOR * kth_lip.max()))
             if exact_tau:
                 candidate = lower <= (_kth_smallest(lower, k) + delta)[:, None]
@@ -171,53 +177,98 @@ def _below(best: float) -> float:
 
 @dataclass
 class _PairTerms:
+    """The margin terms of (positive, negative) pairs, rows p x columns b, already reduced by
+    their rounding bounds and the allowance (so they never overstate a radius)."""
+
     lower: np.ndarray       # lower bound on u.F, clipped to [-1, 1]; -inf for degenerate pairs
-    tau: np.ndarray         # tau + allowance, kept in [-1 + 1e-9, ...); 0 where `always`
+    tau_raw: np.ndarray     # upper bound on tau (before the clamps below); 0 for degenerate pairs
     degenerate: np.ndarray  # identical positive and negative rows: never separated
-    always: np.ndarray      # tau < -1: the pair holds for every F (infinite Gaussian radius)
-    lip_margin: np.ndarray  # lower - tau (before the Gaussian-specific tau clamp)
+    uf_err: np.ndarray      # bound on the rounding error of the computed u.F_hat
+    tau_err: np.ndarray     # bound on the rounding error of the computed tau
+
+    @property
+    def lip_margin(self) -> np.ndarray:
+        return self.lower - self.tau_raw
+
+    @property
+    def always(self) -> np.ndarray:
+        """tau < -1: the pair holds for every F (u.F >= -1 > tau), radius +inf."""
+        return self.tau_raw < -1.0 - _ROUNDING_ALLOWANCE
+
+    @property
+    def tau(self) -> np.ndarray:
+        """tau for the Gaussian radius: tau = -1 exactly would need u.F > -1 strictly, which the
+        bound cannot show, so such pairs get tau = -1 + 1e-9 (a finite radius); 0 where `always`."""
+        return np.where(self.always, 0.0, np.maximum(self.tau_raw, -1.0 + 1e-9))
+
+    def loosened(self) -> "_PairTerms":
+        """Margins at least as favourable as any other computation of the same pairs would give:
+        each computed value is within its error bound of the exact one, so another computation's
+        reduced margin is at most this one's plus twice the bound."""
+        lower = np.minimum(self.lower + 2.0 * self.uf_err, 1.0)
+        lower[self.degenerate] = -math.inf
+        return _PairTerms(lower, self.tau_raw - 2.0 * self.tau_err, self.degenerate, self.uf_err, self.tau_err)
 
 
 def _pair_terms(f, g, sq_norms, proj, p, b, deviation, g_neg=None) -> _PairTerms:
-    """The margin terms of every (positive p, negative b) pair, rows p x columns b."""
+    """Margin terms of every (positive p, negative b) pair, with rigorous rounding bounds.
+
+    From the Gram expansion: |g_p - g_b|^2 = n_p + n_b - 2 g_p.g_b, u.F = (g_p.F - g_b.F)/sep,
+    tau = (n_p - n_b)/(2 sep), where every dot product (in any summation order) and the squared
+    norms ``sq_norms`` (float64 sums of squares) carry at most (k + 1) eps of their magnitudes.
+    With M = max(n_p, n_b, 1): |error of sep^2| <= 4 (k + 5) eps M, so sep is off by at most
+    rel = 2 (k + 5) eps M / sep^2 of itself; u.F by |u.F| (rel + 4 eps) + 2 (k + 2) eps sqrt(M) |F| / sep;
+    tau by |tau| (rel + 4 eps) + (k + 2) eps M / sep. Pairs where rel could exceed ~1e-11 are
+    recomputed from d = g_p - g_b: sep^2 = d.d, u.F = d.F / sep, tau = d.(g_p + g_b) / (2 sep),
+    with errors (k + 2) eps |F| + (k + 5) eps |u.F| and (k + 4) eps sqrt(M) + (k + 5) eps |tau|.
+    Every bound is subtracted from the margin (with the fixed allowance on top).
+    """
     g_pos, g_b = g[p], (g[b] if g_neg is None else g_neg)
     n2_pos, n2_b = sq_norms[p], sq_norms[b]
-    sep2 = n2_pos[:, None] + n2_b[None, :] - 2.0 * (g_pos @ g_b.T)  # |g_p - g_b|^2
+    k = g.shape[1]
+    f_norm = float(np.sqrt(f @ f)) * (1.0 + 1e-12)
+    big = np.maximum(np.maximum(n2_pos[:, None], n2_b[None, :]), 1.0)  # M
+    sep2 = n2_pos[:, None] + n2_b[None, :] - 2.0 * (g_pos @ g_b.T)
+    close = sep2 < _CLOSE * (k + 5) * big
     with np.errstate(divide="ignore", invalid="ignore"):
         sep = np.sqrt(np.maximum(sep2, 0.0))
         uf = (proj[p][:, None] - proj[b][None, :]) / sep
         tau = (n2_pos[:, None] - n2_b[None, :]) / (2.0 * sep)
-    # Pairs close relative to their norms lose digits to cancellation in the expansions
-    # above: recompute them from differences, tau as (g_p - g_b).(g_p + g_b) / (2 sep).
-    close = sep2 < _NEAR_DUPLICATE2 * np.maximum(np.maximum(n2_pos[:, None], n2_b[None, :]), 1.0)
-    for i, j in np.argwhere(close):
+        rel = 2.0 * (k + 5) * _EPS * big / sep2
+        uf_err = (np.abs(uf) * (rel + 4.0 * _EPS) + 2.0 * (k + 2) * _EPS * np.sqrt(big) * f_norm / sep) * 1.01
+        tau_err = (np.abs(tau) * (rel + 4.0 * _EPS) + (k + 2) * _EPS * big / sep) * 1.01
+    # Close pairs from differences, vectorised in blocks (row-wise sums: each pair's value does
+    # not depend on which other pairs are in the block).
+    ii, jj = np.nonzero(close)
+    for a in range(0, len(ii), 1 << 16):
+        i, j = ii[a : a + (1 << 16)], jj[a : a + (1 << 16)]
         d = g_pos[i] - g_b[j]
-        sep[i, j] = math.sqrt(float(d @ d))
-        if sep[i, j] > 0:
-            uf[i, j] = float(d @ f) / sep[i, j]
-            tau[i, j] = float(d @ (g_pos[i] + g_b[j])) / (2.0 * sep[i, j])
+        s = np.sqrt((d * d).sum(axis=1))
+        sep[i, j] = s
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u = (d * f).sum(axis=1) / s
+            t = (d * (g_pos[i] + g_b[j])).sum(axis=1) / (2.0 * s)
+        uf[i, j], tau[i, j] = u, t
+        m = big[i, j]
+        uf_err[i, j] = ((k + 2) * _EPS * f_norm + (k + 5) * _EPS * np.abs(u)) * 1.01
+        tau_err[i, j] = ((k + 4) * _EPS * np.sqrt(m) + (k + 5) * _EPS * np.abs(t)) * 1.01
     degenerate = sep == 0.0  # identical positive and negative rows can never be separated
-    # u.F >= u.F_hat - deviation on the Monte-Carlo event, and |u.F| <= |F| <= 1. The
-    # allowance covers float64 rounding in u.F_hat and tau (errors ~1e-13 here), so the
-    # margin is never overstated; it costs ~1e-9 sigma of radius.
-    lower = np.clip(uf - deviation - _ROUNDING_ALLOWANCE, -1.0, 1.0)
-    tau = tau + _ROUNDING_ALLOWANCE
+    # u.F >= u.F_hat - deviation on the Monte-Carlo event, and |u.F| <= |F| <= 1.
+    lower = np.clip(uf - deviation - _ROUNDING_ALLOWANCE - uf_err, -1.0, 1.0)
+    tau_raw = tau + _ROUNDING_ALLOWANCE + tau_err
     lower[degenerate] = -math.inf
-    tau[degenerate] = 0.0
-    lip_margin = lower - tau
-    # tau < -1: the pair holds for every F (u.F >= -1 > tau), radius +inf. tau = -1 exactly
-    # would need u.F > -1 strictly, which the bound cannot show: such pairs (within the
-    # allowance) get tau = -1 + 1e-9, a finite radius. tau >= 1: never holds.
-    always = tau < -1.0 - _ROUNDING_ALLOWANCE
-    tau = np.where(always, 0.0, np.maximum(tau, -1.0 + 1e-9))
-    return _PairTerms(lower, tau, degenerate, always, lip_margin)
+    tau_raw[degenerate] = 0.0
+    uf_err[degenerate] = 0.0
+    tau_err[degenerate] = 0.0
+    return _PairTerms(lower, tau_raw, degenerate, uf_err, tau_err)
 
 
 def _gauss_all(t: _PairTerms, sigma: float) -> np.ndarray:
     """R_gauss of every pair, with its infinite values."""
+    tau, always = t.tau, t.always
     with np.errstate(divide="ignore", invalid="ignore"):
-        gauss = sigma * (_half_quantile(t.lower) - _half_quantile(np.minimum(t.tau, 1.0)))
-    gauss = np.where(t.always, math.inf, np.where(t.tau >= 1.0, -math.inf, gauss))
+        gauss = sigma * (_half_quantile(t.lower) - _half_quantile(np.minimum(tau, 1.0)))
+    gauss = np.where(always, math.inf, np.where(tau >= 1.0, -math.inf, gauss))
     gauss[t.degenerate] = -math.inf
     return gauss
 
