@@ -11,7 +11,8 @@
 # gpu_check.tgz (every log and JSON figure file). The whole run stops by RGF_GPU_CHECK_SECONDS
 # (default 520 s), inside its 8-minute budget. A rerun after a fix can run fewer steps:
 #   RGF_GPU_CHECK_STEPS=build,has_cuda,gpu_tests bash benchmarks/gpu_check.sh OUTDIR
-# (steps: build, has_cuda, gpu_tests, bench_kernels, bench_digits, bench_resnet50).
+# (steps: build, has_cuda, gpu_tests, bench_kernels, bench_digits, bench_resnet50; and, only when
+# asked, bench_resnet50_fast: torch.compile + the screened TF32 search on the paper-sized workload).
 set -uo pipefail
 OUTDIR="${1:?usage: bash benchmarks/gpu_check.sh OUTDIR}"
 mkdir -p "$OUTDIR" && OUTDIR="$(cd "$OUTDIR" && pwd)"
@@ -25,7 +26,7 @@ finish() {
   {
     echo "== retrievalguard_fast GPU check ($(( $(date +%s) - START )) s) =="
     printf '%s\n' "${STATUS[@]}"
-    for f in kernels digits resnet50; do
+    for f in kernels digits resnet50 resnet50_fast; do
       [ -f "$LOG/bench_$f.log" ] || continue
       echo "-- $f"; grep -E "x  |x$|target|s/query|GFLOP|TFLOP|GB/s|undecided|differs" "$LOG/bench_$f.log" | head -40
     done
@@ -67,4 +68,8 @@ step bench_kernels 240 "$PY" -m retrievalguard_fast bench kernels --device cuda 
 step bench_digits 120 "$PY" -m retrievalguard_fast bench certify --device cuda --queries 50 --batch-size 10000 --json "$LOG/digits.json"
 step bench_resnet50 300 "$PY" -m retrievalguard_fast bench certify --device cuda --workload resnet50 --queries 1 \
   --n 100000 --batch-size 1000 --repeat 1 --json "$LOG/resnet50.json"
+# Not in the default list (compilation takes a while): the same with torch.compile and the
+# screened TF32 search, for a second call once the default steps pass.
+step bench_resnet50_fast 400 "$PY" -m retrievalguard_fast bench certify --device cuda --workload resnet50 --queries 1 \
+  --n 100000 --batch-size 1000 --repeat 1 --compile --nn-precision tf32 --json "$LOG/resnet50_fast.json"
 
