@@ -237,17 +237,22 @@ int blocks_for(int64_t work, int threads) {
   return static_cast<int>(std::max<int64_t>(1, (work + threads - 1) / threads));
 }
 
-// cudaMallocAsync's default pool hands its memory back to the driver at every synchronisation
-// (release threshold 0), and the screened search synchronises once per call: keep up to 256 MiB
-// cached per device so that repeated calls reuse it instead of mapping it again.
+// cudaMallocAsync's pool hands its memory back to the driver at every synchronisation when its
+// release threshold is 0 (the default), and the screened search synchronises once per call: keep
+// at least 256 MiB cached in the device's current pool so that repeated calls reuse it (a higher
+// threshold set by someone else is left as it is).
 void keep_pool_warm(int device) {
   static std::once_flag once[64];
   if (device < 0 || device >= 64) return;
   std::call_once(once[device], [device] {
     cudaMemPool_t pool;
-    cuda_check(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool");
-    uint64_t threshold = uint64_t{256} << 20;
-    cuda_check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold), "cudaMemPoolSetAttribute");
+    cuda_check(cudaDeviceGetMemPool(&pool, device), "cudaDeviceGetMemPool");
+    uint64_t threshold = 0;
+    cuda_check(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold), "cudaMemPoolGetAttribute");
+    const uint64_t wanted = uint64_t{256} << 20;
+    if (threshold < wanted)
+      cuda_check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, const_cast<uint64_t*>(&wanted)),
+                 "cudaMemPoolSetAttribute");
   });
 }
 
@@ -402,10 +407,10 @@ screen_kernel(const float* __restrict__ queries, int64_t rows, const float* __re
   float worst_key = INFINITY;  // the list's last entry once full, kept in registers
   int64_t worst_index = kNoIndex;
   const auto visit = [&](int64_t j, float score, float g2) {
+    gn_max = fmaxf(gn_max, g2);  // over every row, as the CPU takes it
     if (j == skip) return;
     const float key = nn_key(row_m2s, score, g2);
     finite = finite && isfinite(key);
-    gn_max = fmaxf(gn_max, g2);
     if (nn_before(key, j, worst_key, worst_index)) {
       screen_push(list, key, j);
       if (list.size == list.capacity) {
