@@ -685,10 +685,9 @@ def nn_vote_screened(
         warnings.simplefilter("ignore", UserWarning)
         et, gt = (torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in (e, g))
     score_dtype = torch.float32 if precision == "tf32" else torch.bfloat16
-    score_bytes = 4 if precision == "tf32" else 2
     if chunk_bytes is None:
         chunk_bytes = 2**30 if backend == "cuda" else 2**26
-    chunk = max(1, min(rows, chunk_bytes // (gallery_rows * score_bytes)))
+    chunk = max(1, min(rows, chunk_bytes // (gallery_rows * score_dtype.itemsize)))
 
     counts = torch.zeros(num_classes, dtype=torch.int64, device=et.device)
     embedding_sum = torch.zeros(dim, dtype=torch.float64, device=et.device)

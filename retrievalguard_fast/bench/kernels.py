@@ -19,6 +19,7 @@ measured memory copy.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -76,6 +77,17 @@ def hardware():
 
 
 # ----------------------------------------------------------------------------- baselines
+
+
+@contextlib.contextmanager
+def fp32_matmul():
+    """The baselines' float32 matmul: TF32 off (restored afterwards)."""
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)
 
 
 def vote_numpy(e, g, labels, classes, chunk=2048):
@@ -224,12 +236,8 @@ def bench_nn_vote_modes(e, g, labels, C, repeat, check_rows, data="random"):
     exact_nearest = _ops.nn_search(e_unit[:check_rows], g)[0]
     exact_counts, exact_sum = _ops.nn_vote(e_unit, g, labels, C, normalize=False)
 
-    old = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")  # the baseline: float32 matmul, TF32 off
-    try:
+    with fp32_matmul():
         t_base = best_time(lambda: vote_torch(e_unit, g, labels, C, chunk=8192), repeat, sync)
-    finally:
-        torch.set_float32_matmul_precision(old)
     rows = [{"mode": "torch fp32 mm+argmin+bincount (baseline)", "seconds": t_base, "undecided": None, "differs": None}]
     t = best_time(lambda: _ops.nn_vote(e_unit, g, labels, C, normalize=False, check=False), repeat, sync)
     rows.append({"mode": "ours exact (fp32, fixed order)", "seconds": t, "undecided": None, "differs": 0.0})
@@ -292,16 +300,12 @@ def bench_cuda(args, rng):
     ours_c, _ = _ops.nn_vote(e[:2000], g, labels, C)
     ref_c, _ = vote_torch(e[:2000], g, labels, C)
     assert int((ours_c - ref_c).abs().sum()) <= 4, "CUDA nn_vote disagrees with torch"
-    old = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")  # the baseline: float32 matmul, TF32 off
-    try:
+    with fp32_matmul():
         t_ours = best_time(lambda: _ops.nn_vote(e, g, labels, C, check=False), args.repeat, sync)
         results = [row("retrievalguard_fast nn_vote (CUDA)", t_ours, t_ours, "fp32 FFMA tiles")]
         results.append(row("torch mm+argmin+bincount (cuBLAS)", best_time(lambda: vote_torch(e, g, labels, C, chunk=8192), args.repeat, sync), t_ours, "TF32 off"))
         flops = 2.0 * n * N * k
         peak = matmul_rate(dev, 8192)
-    finally:
-        torch.set_float32_matmul_precision(old)
     print_table(f"nn_vote CUDA ({torch.cuda.get_device_name()}): {n} x {N} x {k}", results,
                 f"ours: {flops / t_ours / 1e12:.2f} TFLOP/s = {flops / t_ours / peak:.0%} of measured fp32 matmul {peak / 1e12:.1f} TFLOP/s")
     out = [{"kernel": "nn_vote", "device": "cuda", "shape": [n, N, k, C], "results": results}]
