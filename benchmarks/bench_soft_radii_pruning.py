@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 
-from retrievalguard_fast import certificates, cli, smoothing
+from retrievalguard_fast import certificates, certify, cli
 
 
 def run_demo(out):
@@ -41,11 +41,11 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
             for prune in (False, True):
-                smoothing.soft_radii = functools.partial(original, prune=prune)
+                certify.soft_radii = functools.partial(original, prune=prune)
                 seconds, records[prune] = run_demo(f"{tmp}/out")
                 times[prune].append(seconds)
                 print(f"pruning {'on ' if prune else 'off'}: {seconds:.1f} s", flush=True)
-    smoothing.soft_radii = original
+    certify.soft_radii = original
     best_off, best_on = min(times[False]), min(times[True])
     print(f"best of {args.rounds}: off {best_off:.1f} s, on {best_on:.1f} s, {best_off / best_on:.2f}x; "
           f"records identical: {records[False] == records[True]}")

@@ -7,7 +7,8 @@ from scipy import stats
 
 from retrievalguard_fast.certificates import soft_radii
 from retrievalguard_fast.gallery import Gallery
-from retrievalguard_fast.smoothing import SmoothedRetriever, summarize
+from retrievalguard_fast.report import summarize
+from retrievalguard_fast.smoothing import SmoothedRetriever
 from retrievalguard_fast.stats import mean_embedding_deviation
 from conftest import requires_cuda
 
@@ -281,7 +282,7 @@ def test_cuda_and_cpu_certificates_agree(digits_setup):
 
 
 def reference_soft_radii(f, t, g, labels, label, sigma, exclude=-1, k=1):
-    """Pair by pair, straight from DESIGN.md 3.2 (scipy's norm.ppf, direct differences)."""
+    """Pair by pair, straight from docs/certification.md section 3 (scipy's norm.ppf, direct differences)."""
     pos = [i for i in range(len(g)) if labels[i] == label and i != exclude]
     neg = [j for j in range(len(g)) if labels[j] != label and j != exclude]
     best_g = best_l = -math.inf

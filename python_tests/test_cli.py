@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,9 +19,23 @@ REQUIRED_FIELDS = {"index", "label", "clean_prediction", "vote_prediction", "vot
                    "soft_prediction", "soft_gaussian_radius", "soft_lipschitz_radius"}
 
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+PAUSING_MODEL = "pausing_model:make"  # python_tests/pausing_model.py
+
+
+def _env(pause_at=None):
+    """The environment of a CLI subprocess: this folder importable (for PAUSING_MODEL) and, with
+    ``pause_at``, the model told where to pause."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]))
+    env.pop("RGF_TEST_PAUSE_AT", None)
+    if pause_at is not None:
+        env["RGF_TEST_PAUSE_AT"] = pause_at
+    return env
+
+
 def cli(*args, cwd, check=True, timeout=300):
     proc = subprocess.run([sys.executable, "-m", "retrievalguard_fast", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=_env())
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
@@ -121,51 +136,101 @@ def test_the_same_folder_refuses_other_parameters_and_needs_resume(files, tmp_pa
     assert "0 queries certified" in proc.stdout
 
 
-def _start(args, cwd):
-    return subprocess.Popen([sys.executable, "-m", "retrievalguard_fast", *args], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for_lines(path, count, proc, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if os.path.exists(path):
-            with open(path) as f:
-                if sum(1 for _ in f) >= count:
-                    return
+def _start_paused(args, cwd, results, lines):
+    """Start a CLI run whose model pauses once ``results`` has ``lines`` lines; return it when
+    it is paused there (it cannot finish before the test signals it: no race)."""
+    proc = subprocess.Popen([sys.executable, "-m", "retrievalguard_fast", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(f"{results}:{lines}"))
+    paused = f"{results}.paused"
+    deadline = time.monotonic() + 600  # a generous bound for a busy machine; normally seconds
+    while not os.path.exists(paused):
         if proc.poll() is not None:
-            raise AssertionError(f"run ended before it could be interrupted: {proc.communicate()}")
-        time.sleep(0.05)
-    raise AssertionError("no results appeared")
+            raise AssertionError(f"run ended before it paused: exit {proc.returncode}, {proc.communicate()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("the run did not reach its pause point")
+        time.sleep(0.02)
+    os.remove(paused)
+    return proc
+
+
+def _interruption_args(files, mode):
+    return ["certify", "--model", PAUSING_MODEL, "--queries", str(files / "queries.npz"),
+            "--gallery", str(files / "gallery_x.npz"), "--sigma", "0.25", "--n", "3000", "--n0", "50",
+            "--batch-size", "1500", "--seed", "3", "--quiet", "--mode", mode, "--radii", "0.25,0.5,0.75"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(files, tmp_path_factory):
+    """Reference results of the interruption tests' runs, one per mode."""
+    runs = {}
+    for mode in ("fixed-n", "sequential"):
+        out = tmp_path_factory.mktemp("full") / mode
+        cli(*_interruption_args(files, mode), "--out", str(out), cwd=out.parent)
+        runs[mode] = read_results(out)
+    return runs
 
 
 @pytest.mark.parametrize("how,mode", [("SIGKILL", "fixed-n"), ("SIGINT", "fixed-n"), ("SIGKILL", "sequential")])
-def test_resume_after_a_real_interruption_matches_an_uninterrupted_run(files, tmp_path, how, mode):
-    n = "6000" if mode == "fixed-n" else "40000"  # sequential stops early: a larger cap keeps it busy
-    base = ["certify", "--model", str(files / "model.pt"), "--queries", str(files / "queries.npz"),
-            "--gallery", str(files / "gallery_x.npz"), "--sigma", "0.25", "--n", n, "--n0", "50",
-            "--batch-size", "1500", "--seed", "3", "--quiet", "--mode", mode, "--radii", "0.25,0.5,0.75"]
-    cli(*base, "--out", str(tmp_path / "full"), cwd=tmp_path)
-    reference = read_results(tmp_path / "full")
-
+def test_resume_after_a_real_interruption_matches_an_uninterrupted_run(files, tmp_path, uninterrupted, how, mode):
+    base = _interruption_args(files, mode)
     out = tmp_path / "cut"
-    proc = _start([*base, "--out", str(out)], cwd=tmp_path)
-    _wait_for_lines(out / "results.jsonl", 5, proc)
+    proc = _start_paused([*base, "--out", str(out)], tmp_path, out / "results.jsonl", 5)
     proc.send_signal(signal.SIGKILL if how == "SIGKILL" else signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=120)
     if how == "SIGINT":
-        assert proc.returncode == 130 and "--resume" in err
+        assert proc.returncode == 130 and "--resume" in err and re.search(r"\d+ of 40 queries are saved", err), err
+    else:
+        assert proc.returncode == -signal.SIGKILL
     partial = read_results(out)
-    assert 5 <= len(partial) < 40
+    assert 5 <= len(partial) < 40  # paused inside the model once five records were written
     # A kill can land mid-write: simulate the torn last line explicitly.
     with open(out / "results.jsonl", "a") as f:
         f.write('{"index": 39, "label": 7, "clean_predi')
     cli(*base, "--out", str(out), "--resume", cwd=tmp_path)
     resumed = read_results(out)
     assert len(resumed) == 40 and len({r["index"] for r in resumed}) == 40  # none lost, none twice
-    assert strip_timing(resumed) == strip_timing(reference)  # identical to the uninterrupted run
+    assert strip_timing(resumed) == strip_timing(uninterrupted[mode])  # identical to the uninterrupted run
     assert all(r["mode"] == mode for r in resumed)
     assert json.loads((out / "run.json").read_text())["mode"] == mode
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_and_changes_nothing(files, tmp_path, uninterrupted):
+    base = _interruption_args(files, "fixed-n")
+    out = tmp_path / "busy"
+    first = _start_paused([*base, "--out", str(out)], tmp_path, out / "results.jsonl", 3)
+    try:
+        before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"}
+        second = cli(*base, "--out", str(out), "--resume", cwd=tmp_path, check=False)
+        assert second.returncode == 2, second
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and "is in use by another run" in lines[0] and f"pid {first.pid}" in lines[0], lines
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"} == before
+    finally:
+        first.kill()
+        first.communicate(timeout=120)
+    # The lock dies with its holder: the folder can be resumed, and the run completes exactly.
+    cli(*base, "--out", str(out), "--resume", cwd=tmp_path)
+    assert strip_timing(read_results(out)) == strip_timing(uninterrupted["fixed-n"])
+
+
+def test_a_damaged_run_json_is_named_on_resume(files, tmp_path):
+    base = ["certify", "--model", str(files / "model.pt"), "--queries", str(files / "queries.npz"), "--gallery",
+            str(files / "gallery_emb.npz"), "--sigma", "0.25", "--n", "100", "--n0", "10", "--out", str(tmp_path / "o")]
+    cli(*base, cwd=tmp_path)
+    run_json = tmp_path / "o" / "run.json"
+    run_json.write_text(run_json.read_text()[:20])
+    results = (tmp_path / "o" / "results.jsonl").read_bytes()
+    line = _bad(tmp_path, files, *base, "--resume")
+    assert str(run_json) in line and "damaged" in line and "choose a new --out" in line, line
+    assert (tmp_path / "o" / "results.jsonl").read_bytes() == results
+
+
+def test_running_out_of_memory_is_one_line_naming_what_to_lower(files, tmp_path):
+    line = _bad(tmp_path, files, "certify", "--model", str(files / "model.pt"), "--queries", str(files / "queries.npz"),
+                "--gallery", str(files / "gallery_emb.npz"), "--sigma", "0.25", "--n", "100",
+                "--batch-size", "500000000", "--out", str(tmp_path / "o"))
+    assert "out of host memory while certifying" in line and "--batch-size" in line, line
 
 
 def _bad(tmp_path, files, *args):

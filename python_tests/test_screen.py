@@ -13,7 +13,7 @@ import torch
 
 import retrievalguard_fast as rgf
 from retrievalguard_fast._backend import _core
-from retrievalguard_fast._ops import _round_to_tf32
+from retrievalguard_fast.screen import round_to_tf32, screen_matmul_precision, screen_operand, MAX_SCREEN_CANDIDATES
 from conftest import to_kind, to_numpy
 
 PRECISIONS = ["tf32", "bf16"]
@@ -52,7 +52,7 @@ def approx_nearest(q, g, precision, exclude):
     """The nearest index by the screening scores alone (what a screen without verification returns)."""
     qt, gt = torch.from_numpy(q), torch.from_numpy(g)
     if precision == "tf32":
-        scores = (_round_to_tf32(qt) @ _round_to_tf32(gt).T).numpy().astype(np.float64)
+        scores = (round_to_tf32(qt) @ round_to_tf32(gt).T).numpy().astype(np.float64)
     else:
         scores = (qt.bfloat16() @ gt.bfloat16().T).float().numpy().astype(np.float64)
     keys = (g.astype(np.float64) ** 2).sum(1)[None, :] - 2.0 * scores
@@ -163,7 +163,7 @@ def test_bad_arguments_are_named(kind):
     with pytest.raises(ValueError, match="candidates must be in"):
         rgf.nn_vote_screened(q, g, labels, 7, candidates=0)
     with pytest.raises(ValueError, match="candidates must be in"):
-        rgf.nn_vote_screened(q, g, labels, 7, candidates=rgf._ops.MAX_SCREEN_CANDIDATES + 1)
+        rgf.nn_vote_screened(q, g, labels, 7, candidates=MAX_SCREEN_CANDIDATES + 1)
     with pytest.raises(ValueError, match="precision must be one of"):
         rgf.nn_vote_screened(q, g, labels, 7, precision="exact")
     with pytest.raises(ValueError, match="chunk_bytes"):
@@ -205,8 +205,8 @@ def test_screening_matmul_error_is_within_its_model(precision, data, kind):
         q, g = rounding_stress_problem(precision)
     dev = "cuda" if kind == "cuda" else "cpu"
     qt, gt = torch.from_numpy(q).to(dev), torch.from_numpy(g).to(dev)
-    with rgf._ops._screen_matmul_flags(qt.device, precision):
-        scores = torch.mm(rgf._ops._screen_operand(qt, precision), rgf._ops._screen_operand(gt, precision).T)
+    with screen_matmul_precision(qt.device, precision):
+        scores = torch.mm(screen_operand(qt, precision), screen_operand(gt, precision).T)
     scores = scores.float().cpu().numpy().astype(np.float64)
     exact = q.astype(np.float64) @ g.astype(np.float64).T
     scale = np.linalg.norm(q.astype(np.float64), axis=1)[:, None] * np.linalg.norm(g.astype(np.float64), axis=1)[None, :]
@@ -224,7 +224,7 @@ def test_key_bound_covers_the_key_difference(precision):
     q64, g64 = q.astype(np.float64), g.astype(np.float64)
     rel = rgf.screen_rel_error(precision, q.shape[1])
     qt, gt = torch.from_numpy(q), torch.from_numpy(g)
-    scores = torch.mm(rgf._ops._screen_operand(qt, precision), rgf._ops._screen_operand(gt, precision).T)
+    scores = torch.mm(screen_operand(qt, precision), screen_operand(gt, precision).T)
     scores = scores.float().numpy().astype(np.float64)
     gn32 = (g64**2).sum(1).astype(np.float32)
     for normalize in (True, False):
@@ -254,12 +254,40 @@ def test_matmul_flags_are_set_and_restored_through_the_callers_api(api):
             matmul.fp32_precision = "ieee"
             matmul.fp32_precision = "tf32"  # a process that only uses the new API
         before = (matmul.fp32_precision, matmul.allow_bf16_reduced_precision_reduction)
-        with rgf._ops._screen_matmul_flags(cuda, "tf32"):
+        with screen_matmul_precision(cuda, "tf32"):
             assert matmul.fp32_precision == "tf32" and not matmul.allow_bf16_reduced_precision_reduction
-        with rgf._ops._screen_matmul_flags(cuda, "bf16"):
+        with screen_matmul_precision(cuda, "bf16"):
             assert not matmul.allow_bf16_reduced_precision_reduction
         assert (matmul.fp32_precision, matmul.allow_bf16_reduced_precision_reduction) == before
         if api == "legacy":
             assert torch.get_float32_matmul_precision() == "highest"
     finally:
         torch.set_float32_matmul_precision("highest")
+
+
+@pytest.mark.parametrize("setting", ["legacy", "per-backend"])
+def test_a_callers_matmul_precision_cannot_widen_the_cpu_screen(setting):
+    """A caller that lets float32 matmuls run in bf16 (set_float32_matmul_precision("medium"), or
+    the per-backend oneDNN flag) must not change the screen: inside it the CPU matmul is pinned
+    to full float32, and the caller's setting is restored afterwards."""
+    q, g, labels = clustered_problem(11, rows=300)
+    ref = rgf.nn_vote(q, g, labels, 7)
+    qt, gt = torch.from_numpy(q), torch.from_numpy(g)
+    old = torch.get_float32_matmul_precision()
+    try:
+        if setting == "legacy":
+            torch.set_float32_matmul_precision("medium")
+        else:
+            torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+        before = torch.backends.mkldnn.matmul.fp32_precision
+        with screen_matmul_precision(qt.device, "tf32"):
+            assert torch.backends.mkldnn.matmul.fp32_precision == "ieee"
+        assert torch.backends.mkldnn.matmul.fp32_precision == before == "bf16"
+        for precision in PRECISIONS:
+            got = rgf.nn_vote_screened(qt, gt, torch.from_numpy(labels), 7, precision=precision)
+            np.testing.assert_array_equal(got.counts.numpy(), ref[0])
+            assert np.array_equal(got.embedding_sum.numpy(), ref[1])
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = "none"
+        torch.backends.cuda.matmul.fp32_precision = "none"
+        torch.set_float32_matmul_precision(old)

@@ -10,11 +10,12 @@ Kernels (CPU always, CUDA when built with it and a GPU is present):
   matmul and verified exactly.
 
 :func:`has_cuda` says whether the GPU backend is usable here; :func:`build_info` says what was
-compiled in. The mathematics is in ``docs/`` and DESIGN.md.
+compiled in. The mathematics is in docs/certification.md, the engineering in docs/design.md.
 """
 
 from ._backend import build_info, has_cuda
-from ._ops import ScreenedVote, gaussian_noise, nn_search, nn_vote, nn_vote_screened, philox4x32, screen_rel_error
+from ._ops import gaussian_noise, nn_search, nn_vote, philox4x32
+from .screen import ScreenedVote, nn_vote_screened, screen_rel_error
 
 __version__ = "0.1.0"
 

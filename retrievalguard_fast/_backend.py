@@ -1,8 +1,15 @@
-"""Loading the compiled modules and saying what they offer.
+"""The compiled kernels: loading them, saying what they offer, and the one dispatch point.
 
 ``_core`` (CPU kernels) is always built. ``_cuda`` exists only when the package was built with a
 CUDA compiler; it links the CUDA runtime statically, so it imports on machines without a GPU or
 driver and then reports no device.
+
+Each device kind has a backend object with the same methods (:class:`CpuBackend`,
+:class:`CudaBackend`); :func:`backend_for` picks one, and nothing else in the package asks which
+device it runs on. Backend methods take arguments already checked and converted by the public
+ops (``_ops``, ``screen``); the kernels count input problems into named slots
+(``problem_slots``) and the ops turn them into one message for every backend (docs/design.md,
+section "Nearest-neighbour kernels").
 """
 
 from __future__ import annotations
@@ -11,12 +18,15 @@ import glob
 import os
 import sys
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
+
+import numpy as np
 
 
 # Bump with any change to the compiled modules' functions; checked at import so that Python code
-# and compiled modules of different versions are never mixed.
-KERNEL_ABI = 3
+# and compiled modules of different versions are never mixed. The only place the number is
+# written: CMakeLists.txt reads it from this line and compiles it into both modules.
+KERNEL_ABI = 4
 
 
 def _find_installed_build() -> Optional[str]:
@@ -118,10 +128,145 @@ def cpu_tile_sizes(rows: int, gallery_rows: int) -> Iterator[None]:
         set_cpu_tile_sizes(*old)
 
 
-def _require_cuda_module(op: str, device: Optional[object] = None):
-    if _cuda is None:
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+def _torch():
+    return sys.modules["torch"]
+
+
+class CpuBackend:
+    """The C++ kernels (``_core``) on numpy arrays or CPU tensors (read through numpy views)."""
+
+    name = "cpu"
+    #: The CPU kernels read back their problem counters for free and skip the work when there
+    #: are any, so every call is checked.
+    always_checks = True
+
+    @staticmethod
+    def _np(a: Any) -> np.ndarray:
+        return a.numpy() if not isinstance(a, np.ndarray) else a
+
+    @staticmethod
+    def _flat(a: Any) -> np.ndarray:
+        return CpuBackend._np(a).reshape(-1)
+
+    def _exclude(self, exclude: Any) -> np.ndarray:
+        return self._np(exclude) if exclude is not None else np.empty(0, dtype=np.int64)
+
+    def new_problems(self, like: Any) -> np.ndarray:
+        return np.zeros(int(_core.num_problem_slots), dtype=np.int64)
+
+    def read_problems(self, problems: Any) -> Dict[str, int]:
+        return {name: int(problems[i]) for name, i in _core.problem_slots.items()}
+
+    def philox4x32(self, counters: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """counters (m, 4) and keys (m, 2) as uint32 numpy arrays; the (m, 4) uint32 output words."""
+        out = np.empty((counters.shape[0], 4), dtype=np.uint32)
+        _core.philox4x32(counters, keys, out)
+        return out
+
+    def gaussian_noise(self, x: Any, sigma: float, n: int, seed: int, stream: int, start: int, out: Any) -> None:
+        _core.gaussian_noise(self._flat(x), sigma, n, seed, stream, start, self._flat(out))
+
+    def nn_search(self, queries, gallery, exclude, normalize, index1, dist1, index2, dist2, problems) -> None:
+        _core.nn_search(self._flat(queries), self._flat(gallery), int(queries.shape[1]), self._exclude(exclude),
+                        bool(normalize), self._np(index1), self._np(dist1), self._np(index2), self._np(dist2),
+                        self._np(problems))
+
+    def nn_vote(self, embeddings, gallery, labels, num_classes, exclude, normalize, counts, embedding_sum,
+                problems) -> None:
+        _core.nn_vote(self._flat(embeddings), self._flat(gallery), int(embeddings.shape[1]), self._np(labels),
+                      num_classes, self._exclude(exclude), bool(normalize), self._np(counts),
+                      self._np(embedding_sum), self._np(problems))
+
+    def nn_screen(self, embeddings, gallery, labels, num_classes, exclude, normalize, scores, candidates, rel_error,
+                  counts, embedding_sum, nearest, problems) -> None:
+        """scores: a float32 or bfloat16 tensor (bfloat16 is passed as its uint16 bit pattern)."""
+        torch = _torch()
+        scores_np = scores.numpy() if scores.dtype == torch.float32 else scores.view(torch.int16).numpy().view(np.uint16)
+        _core.nn_screen(self._flat(embeddings), self._flat(gallery), int(embeddings.shape[1]), self._np(labels),
+                        num_classes, self._exclude(exclude), bool(normalize), scores_np, candidates, rel_error,
+                        self._np(counts), self._np(embedding_sum), self._np(nearest), self._np(problems))
+
+
+class CudaBackend:
+    """The CUDA kernels (``_cuda``) on CUDA tensors: raw device pointers, queued on
+    ``torch.cuda.current_stream()`` of the tensors' device; nothing synchronises except
+    :meth:`read_problems`."""
+
+    name = "cuda"
+    always_checks = False  # reading the counters back synchronises; callers choose (check=)
+
+    @staticmethod
+    def _place(t: Any) -> tuple:
+        torch = _torch()
+        index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+        return index, torch.cuda.current_stream(t.device).cuda_stream
+
+    @staticmethod
+    def _ptr(t: Any) -> int:
+        return t.data_ptr() if t is not None else 0
+
+    def new_problems(self, like: Any) -> Any:
+        return _torch().zeros(int(_cuda.num_problem_slots), dtype=_torch().int64, device=like.device)
+
+    def read_problems(self, problems: Any) -> Dict[str, int]:
+        values = problems.tolist()  # one synchronisation
+        return {name: int(values[i]) for name, i in _cuda.problem_slots.items()}
+
+    def philox4x32(self, counters: Any, keys: Any) -> Any:
+        """counters (m, 4) and keys (m, 2) as int64 tensors holding uint32 values; the output words
+        as an int64 tensor (torch has no uint32 arithmetic on CUDA)."""
+        torch = _torch()
+
+        def as_int32_bits(t):  # uint32 values -> int32 with the same bits (explicit wrap-around)
+            return torch.where(t >= 2**31, t - 2**32, t).to(torch.int32).contiguous()
+
+        out = torch.empty((counters.shape[0], 4), dtype=torch.int32, device=counters.device)
+        _cuda.philox4x32(*self._place(out), as_int32_bits(counters).data_ptr(), as_int32_bits(keys).data_ptr(),
+                         counters.shape[0], out.data_ptr())
+        return out.to(torch.int64) & 0xFFFFFFFF
+
+    def gaussian_noise(self, x: Any, sigma: float, n: int, seed: int, stream: int, start: int, out: Any) -> None:
+        torch = _torch()
+        out_code = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}[out.dtype]
+        _cuda.gaussian_noise(*self._place(x), x.data_ptr(), x.numel(), sigma, n, seed, stream, start,
+                             out.data_ptr(), out_code)
+
+    def nn_search(self, queries, gallery, exclude, normalize, index1, dist1, index2, dist2, problems) -> None:
+        _cuda.nn_search(*self._place(queries), queries.data_ptr(), queries.shape[0], gallery.data_ptr(),
+                        gallery.shape[0], queries.shape[1], self._ptr(exclude), bool(normalize), index1.data_ptr(),
+                        dist1.data_ptr(), index2.data_ptr(), dist2.data_ptr(), problems.data_ptr())
+
+    def nn_vote(self, embeddings, gallery, labels, num_classes, exclude, normalize, counts, embedding_sum,
+                problems) -> None:
+        _cuda.nn_vote(*self._place(embeddings), embeddings.data_ptr(), embeddings.shape[0], gallery.data_ptr(),
+                      gallery.shape[0], embeddings.shape[1], labels.data_ptr(), num_classes, self._ptr(exclude),
+                      bool(normalize), counts.data_ptr(), embedding_sum.data_ptr(), problems.data_ptr())
+
+    def nn_screen(self, embeddings, gallery, labels, num_classes, exclude, normalize, scores, candidates, rel_error,
+                  counts, embedding_sum, nearest, problems) -> None:
+        _cuda.nn_screen(*self._place(embeddings), embeddings.data_ptr(), embeddings.shape[0], gallery.data_ptr(),
+                        gallery.shape[0], embeddings.shape[1], labels.data_ptr(), num_classes, self._ptr(exclude),
+                        bool(normalize), scores.data_ptr(), scores.dtype == _torch().bfloat16, candidates, rel_error,
+                        counts.data_ptr(), embedding_sum.data_ptr(), nearest.data_ptr(), problems.data_ptr())
+
+
+CPU = CpuBackend()
+_CUDA_BACKEND = CudaBackend() if _cuda is not None else None
+
+
+def backend_for(device_kind: str, op: str, device: Optional[object] = None):
+    """The backend of a call whose arrays live on ``device_kind`` ('cpu' or 'cuda'): the one
+    place where an op is dispatched by device."""
+    if device_kind != "cuda":
+        return CPU
+    if _CUDA_BACKEND is None:
         raise RuntimeError(
             f"{op}: got CUDA tensors (device {device}), but retrievalguard_fast was built without "
             "CUDA; reinstall it on a machine where CMake finds nvcc"
         )
-    return _cuda
+    return _CUDA_BACKEND

@@ -1,4 +1,4 @@
-"""Certified radii from Monte-Carlo results (DESIGN.md section 3; derivations in docs/certification.md).
+"""Certified radii from Monte-Carlo results (docs/certification.md, "Notation" and sections 2-3).
 
 Pure float64 numpy functions, separate from sampling so they can be checked on their own.
 """

@@ -1,6 +1,6 @@
 """Sampling schedules: fixed n, or sequential certification that stops each query early.
 
-Sequential certification (DESIGN.md 3.4; proof in docs/certification.md, section 5): when the
+Sequential certification (docs/certification.md, section 5, with the proof): when the
 radii that matter are known, a query is sampled in rounds up to a fixed, doubling schedule of
 checkpoints ``n_1 < ... < n_J = n`` (the cap), and stops at the first checkpoint where every asked
 radius is *decided*: certified there, or out of reach even at the cap. Every bound at checkpoint

@@ -45,7 +45,7 @@ def clopper_pearson_upper(successes, trials, alpha):
 
 def mean_embedding_deviation(samples: int, alpha: float, dim: int = 0) -> float:
     """Radius t with ``P[|F_hat - F| <= t] >= 1 - alpha`` for the mean F_hat of ``samples``
-    i.i.d. vectors of norm <= 1 (McDiarmid; DESIGN.md 3.2):
+    i.i.d. vectors of norm <= 1 (McDiarmid; docs/certification.md section 3):
 
         t = (1 + sqrt(2 ln(1/alpha))) / sqrt(n)
 

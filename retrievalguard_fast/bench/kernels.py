@@ -28,7 +28,7 @@ import time
 import numpy as np
 import torch
 
-from .. import _ops, build_info, has_cuda
+from .. import _ops, build_info, has_cuda, screen
 
 
 def best_time(fn, repeat, sync=None):
@@ -205,10 +205,10 @@ def lowprec_argmin(e_unit, g, precision, chunk=8192):
     """Nearest rows by a plain tensor-core matmul + argmin, unverified (what the screen guards against)."""
     gn = (g * g).sum(1)
     nearest = torch.empty(len(e_unit), dtype=torch.int64, device=e_unit.device)
-    with _ops._screen_matmul_flags(e_unit.device, precision):
-        gs = _ops._screen_operand(g, precision)
+    with screen.screen_matmul_precision(e_unit.device, precision):
+        gs = screen.screen_operand(g, precision)
         for a in range(0, len(e_unit), chunk):
-            scores = torch.mm(_ops._screen_operand(e_unit[a : a + chunk], precision), gs.T).float()
+            scores = torch.mm(screen.screen_operand(e_unit[a : a + chunk], precision), gs.T).float()
             nearest[a : a + chunk] = torch.argmin(gn[None, :] - 2 * scores, dim=1)
     return nearest
 
@@ -241,16 +241,16 @@ def bench_nn_vote_modes(e, g, labels, C, repeat, check_rows, data="random"):
     rows = [{"mode": "torch fp32 mm+argmin+bincount (baseline)", "seconds": t_base, "undecided": None, "differs": None}]
     t = best_time(lambda: _ops.nn_vote(e_unit, g, labels, C, normalize=False, check=False), repeat, sync)
     rows.append({"mode": "ours exact (fp32, fixed order)", "seconds": t, "undecided": None, "differs": 0.0})
-    for precision in _ops.SCREEN_PRECISIONS:
-        r = _ops.nn_vote_screened(e_unit, g, labels, C, precision=precision, normalize=False)
+    for precision in screen.SCREEN_PRECISIONS:
+        r = screen.nn_vote_screened(e_unit, g, labels, C, precision=precision, normalize=False)
         assert bool((r.counts == exact_counts).all()) and bool((r.embedding_sum == exact_sum).all()), \
             f"screened {precision} disagrees with exact mode"
         differs = float((r.nearest[:check_rows] != exact_nearest).double().mean())
-        t = best_time(lambda: _ops.nn_vote_screened(e_unit, g, labels, C, precision=precision, normalize=False,
+        t = best_time(lambda: screen.nn_vote_screened(e_unit, g, labels, C, precision=precision, normalize=False,
                                                     check=False), repeat, sync)
         rows.append({"mode": f"ours screened {precision} (verified)", "seconds": t,
                      "undecided": r.undecided_rows / n, "differs": differs})
-    for precision in _ops.SCREEN_PRECISIONS:
+    for precision in screen.SCREEN_PRECISIONS:
         differs = float((lowprec_argmin(e_unit[:check_rows], g, precision) != exact_nearest).double().mean())
         t = best_time(lambda: torch.bincount(labels[lowprec_argmin(e_unit, g, precision)], minlength=C), repeat, sync)
         rows.append({"mode": f"torch {precision} mm+argmin (unverified)", "seconds": t, "undecided": None,

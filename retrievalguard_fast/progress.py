@@ -1,0 +1,43 @@
+"""Progress of a certification run: a tqdm bar on a terminal, plain log lines (about every 10 s)
+otherwise (logs of batch jobs), nothing with ``quiet``."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Progress:
+    def __init__(self, total: int, done: int, quiet: bool = False):
+        self.total, self.done, self.quiet = total, done, quiet
+        self.start = self.last = time.perf_counter()
+        self.samples_seen = 0
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, unit="query", dynamic_ncols=True, file=sys.stderr)
+
+    def samples(self, count: int) -> None:
+        self.samples_seen += count
+        if self.bar is not None:
+            rate = self.samples_seen / max(time.perf_counter() - self.start, 1e-9)
+            self.bar.set_postfix_str(f"{rate:,.0f} samples/s", refresh=False)
+
+    def query_done(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            return
+        now = time.perf_counter()
+        if not self.quiet and (now - self.last >= 10 or self.done == self.total):
+            elapsed = now - self.start
+            rate = self.samples_seen / max(elapsed, 1e-9)
+            print(f"[{time.strftime('%H:%M:%S')}] {self.done}/{self.total} queries, {rate:,.0f} samples/s, "
+                  f"{elapsed:.0f} s elapsed", file=sys.stderr, flush=True)
+            self.last = now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
