@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 
 # Bump with any change to the compiled modules' functions; checked at import so that Python code
 # and compiled modules of different versions are never mixed.
-KERNEL_ABI = 3
+KERNEL_ABI = 4
 
 
 def _find_installed_build() -> Optional[str]:
