@@ -120,9 +120,18 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("driver_version", &driver_version);
   m.def("gaussian_noise", &gaussian_noise);
   m.def("philox4x32", &philox4x32);
-  m.def("nn_search", &nn_search);
-  m.def("nn_vote", &nn_vote);
-  m.def("nn_screen", &nn_screen);
+  m.def("nn_search", &nn_search, py::arg("device"), py::arg("stream"), py::arg("queries"), py::arg("rows"),
+        py::arg("gallery"), py::arg("gallery_rows"), py::arg("dim"), py::arg("exclude"), py::arg("normalize"),
+        py::arg("index1"), py::arg("dist1"), py::arg("index2"), py::arg("dist2"), py::arg("problems"));
+  m.def("nn_vote", &nn_vote, py::arg("device"), py::arg("stream"), py::arg("embeddings"), py::arg("rows"),
+        py::arg("gallery"), py::arg("gallery_rows"), py::arg("dim"), py::arg("gallery_labels"),
+        py::arg("num_classes"), py::arg("exclude"), py::arg("normalize"), py::arg("counts"),
+        py::arg("embedding_sum"), py::arg("problems"));
+  m.def("nn_screen", &nn_screen, py::arg("device"), py::arg("stream"), py::arg("embeddings"), py::arg("rows"),
+        py::arg("gallery"), py::arg("gallery_rows"), py::arg("dim"), py::arg("gallery_labels"),
+        py::arg("num_classes"), py::arg("exclude"), py::arg("normalize"), py::arg("scores"),
+        py::arg("scores_bf16"), py::arg("candidates"), py::arg("rel_error"), py::arg("counts"),
+        py::arg("embedding_sum"), py::arg("nearest"), py::arg("problems"));
   m.attr("kernel_abi") = rgf::kKernelAbi;  // from retrievalguard_fast/_backend.py, via CMakeLists.txt
   m.attr("problem_slots") = problem_slots();
   m.attr("num_problem_slots") = static_cast<int>(rgf::kNumProblemSlots);

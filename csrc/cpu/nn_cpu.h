@@ -31,7 +31,7 @@ void nn_vote_cpu(const NNProblem& p, const int64_t* gallery_labels, int64_t num_
 // The screened search (common/nn_screen.h) without the exact rerun: every row is screened; a row
 // the bound decides gets its exact nearest index in `nearest` (int64, rows) and casts its vote in
 // `counts`; an undecided row gets nearest = -1 and no vote (the caller searches it with
-// nn_search_cpu and adds its vote). embedding_sum is over all rows, as in nn_vote_cpu. Counts every
+// nn_search_cpu, same normalize and exclude, and adds its vote). embedding_sum is over all rows, as in nn_vote_cpu. Counts every
 // problem slot.
 void nn_screen_cpu(const NNProblem& p, const int64_t* gallery_labels, int64_t num_classes, const ScreenScores& s,
                    int64_t* counts, double* embedding_sum, int64_t* nearest, int64_t* problems);
