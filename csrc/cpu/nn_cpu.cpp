@@ -328,7 +328,7 @@ void nn_vote_cpu(const NNProblem& p, const int64_t* gallery_labels, int64_t num_
   const std::vector<Top1> top = tiled_search<Top1>(p, rt, gn);
   std::fill(counts, counts + num_classes, int64_t{0});
   for (int64_t r = 0; r < p.rows; ++r) {
-    // Only when the gallery's one row is excluded; the Python wrapper refuses that.
+    // Only possible when a one-row gallery's row is excluded, which the Python wrapper must refuse.
     RGF_ASSERT(top[r].i1 != kNoIndex, "nn_vote: row " + std::to_string(r) + " has no gallery row to vote for");
     ++counts[gallery_labels[top[r].i1]];
   }
