@@ -1,12 +1,15 @@
 // pybind11 bindings of the CUDA kernels (module retrievalguard_fast._cuda). Tensors arrive as raw
 // device pointers after retrievalguard_fast/_ops.py has checked dtype, shape, contiguity and
 // device; kernels run on the caller's stream (torch.cuda.current_stream()). The module links the
-// CUDA runtime statically and imports on machines with no GPU or driver.
+// CUDA runtime statically and imports on machines with no GPU or driver. Bad values in the inputs
+// are counted by the kernels into the device array `problems` (common/nn_problem.h), which Python
+// reads by slot name and turns into one message for both backends.
 #include <cuda_runtime.h>
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
 
+#include "common/nn_problem.h"
 #include "cuda/cuda_check.h"
 #include "cuda/nn_cuda.h"
 #include "cuda/noise_cuda.h"
@@ -61,20 +64,20 @@ void philox4x32(int device, uintptr_t stream, uintptr_t counters, uintptr_t keys
                        ptr<uint32_t>(out), stream_of(stream));
 }
 
-rgf::NNCudaProblem problem(int device, uintptr_t stream, uintptr_t queries, int64_t rows,
-                           uintptr_t gallery, int64_t gallery_rows, int64_t dim, uintptr_t exclude,
-                           bool normalize) {
-  return rgf::NNCudaProblem{device, stream_of(stream), ptr<const float>(queries), rows,
-                            ptr<const float>(gallery), gallery_rows, dim,
-                            exclude ? ptr<const int64_t>(exclude) : nullptr, normalize};
+rgf::CudaPlace place(int device, uintptr_t stream) { return rgf::CudaPlace{device, stream_of(stream)}; }
+
+rgf::NNProblem problem(uintptr_t queries, int64_t rows, uintptr_t gallery, int64_t gallery_rows, int64_t dim,
+                       uintptr_t exclude, bool normalize) {
+  return rgf::NNProblem{ptr<const float>(queries), rows, ptr<const float>(gallery), gallery_rows, dim,
+                        exclude ? ptr<const int64_t>(exclude) : nullptr, normalize};
 }
 
 void nn_search(int device, uintptr_t stream, uintptr_t queries, int64_t rows, uintptr_t gallery,
-               int64_t gallery_rows, int64_t dim, uintptr_t exclude, uintptr_t index1,
+               int64_t gallery_rows, int64_t dim, uintptr_t exclude, bool normalize, uintptr_t index1,
                uintptr_t dist1, uintptr_t index2, uintptr_t dist2, uintptr_t problems) {
   py::gil_scoped_release release;
-  const auto p = problem(device, stream, queries, rows, gallery, gallery_rows, dim, exclude, false);
-  rgf::nn_search_cuda(p, ptr<int64_t>(index1), ptr<float>(dist1), ptr<int64_t>(index2),
+  const auto p = problem(queries, rows, gallery, gallery_rows, dim, exclude, normalize);
+  rgf::nn_search_cuda(place(device, stream), p, ptr<int64_t>(index1), ptr<float>(dist1), ptr<int64_t>(index2),
                       ptr<float>(dist2), ptr<int64_t>(problems));
 }
 
@@ -83,25 +86,29 @@ void nn_vote(int device, uintptr_t stream, uintptr_t embeddings, int64_t rows, u
              uintptr_t exclude, bool normalize, uintptr_t counts, uintptr_t embedding_sum,
              uintptr_t problems) {
   py::gil_scoped_release release;
-  const auto p = problem(device, stream, embeddings, rows, gallery, gallery_rows, dim, exclude,
-                         normalize);
-  rgf::nn_vote_cuda(p, ptr<const int64_t>(gallery_labels), num_classes, ptr<int64_t>(counts),
-                    ptr<double>(embedding_sum), ptr<int64_t>(problems));
+  const auto p = problem(embeddings, rows, gallery, gallery_rows, dim, exclude, normalize);
+  rgf::nn_vote_cuda(place(device, stream), p, ptr<const int64_t>(gallery_labels), num_classes,
+                    ptr<int64_t>(counts), ptr<double>(embedding_sum), ptr<int64_t>(problems));
 }
 
 // scores: (rows, gallery_rows) float32, or bfloat16 when scores_bf16.
-int64_t nn_vote_screened(int device, uintptr_t stream, uintptr_t embeddings, int64_t rows, uintptr_t gallery,
-                         int64_t gallery_rows, int64_t dim, uintptr_t gallery_labels, int64_t num_classes,
-                         uintptr_t exclude, bool normalize, uintptr_t scores, bool scores_bf16, int candidates,
-                         double rel_error, uintptr_t counts, uintptr_t embedding_sum, uintptr_t nearest,
-                         uintptr_t problems) {
+void nn_screen(int device, uintptr_t stream, uintptr_t embeddings, int64_t rows, uintptr_t gallery,
+               int64_t gallery_rows, int64_t dim, uintptr_t gallery_labels, int64_t num_classes, uintptr_t exclude,
+               bool normalize, uintptr_t scores, bool scores_bf16, int candidates, double rel_error,
+               uintptr_t counts, uintptr_t embedding_sum, uintptr_t nearest, uintptr_t problems) {
   py::gil_scoped_release release;
-  const auto p = problem(device, stream, embeddings, rows, gallery, gallery_rows, dim, exclude,
-                         normalize);
-  const rgf::ScreenScoresCuda s{ptr<const void>(scores), scores_bf16, candidates, rel_error};
-  return rgf::nn_vote_screened_cuda(p, ptr<const int64_t>(gallery_labels), num_classes, s,
-                                    ptr<int64_t>(counts), ptr<double>(embedding_sum),
-                                    ptr<int64_t>(nearest), ptr<int64_t>(problems));
+  const auto p = problem(embeddings, rows, gallery, gallery_rows, dim, exclude, normalize);
+  const rgf::ScreenScores s{ptr<const void>(scores), scores_bf16, candidates, rel_error};
+  rgf::nn_screen_cuda(place(device, stream), p, ptr<const int64_t>(gallery_labels), num_classes, s,
+                      ptr<int64_t>(counts), ptr<double>(embedding_sum), ptr<int64_t>(nearest),
+                      ptr<int64_t>(problems));
+}
+
+// name -> slot index, from common/nn_problem.h (Python reads the counts by name).
+py::dict problem_slots() {
+  py::dict d;
+  for (int i = 0; i < rgf::kNumProblemSlots; ++i) d[rgf::kProblemSlotNames[i]] = i;
+  return d;
 }
 
 }  // namespace
@@ -113,10 +120,20 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("driver_version", &driver_version);
   m.def("gaussian_noise", &gaussian_noise);
   m.def("philox4x32", &philox4x32);
-  m.def("nn_search", &nn_search);
-  m.def("nn_vote", &nn_vote);
-  m.def("nn_vote_screened", &nn_vote_screened);
-  m.attr("kernel_abi") = 3;  // must equal retrievalguard_fast._backend.KERNEL_ABI
+  m.def("nn_search", &nn_search, py::arg("device"), py::arg("stream"), py::arg("queries"), py::arg("rows"),
+        py::arg("gallery"), py::arg("gallery_rows"), py::arg("dim"), py::arg("exclude"), py::arg("normalize"),
+        py::arg("index1"), py::arg("dist1"), py::arg("index2"), py::arg("dist2"), py::arg("problems"));
+  m.def("nn_vote", &nn_vote, py::arg("device"), py::arg("stream"), py::arg("embeddings"), py::arg("rows"),
+        py::arg("gallery"), py::arg("gallery_rows"), py::arg("dim"), py::arg("gallery_labels"),
+        py::arg("num_classes"), py::arg("exclude"), py::arg("normalize"), py::arg("counts"),
+        py::arg("embedding_sum"), py::arg("problems"));
+  m.def("nn_screen", &nn_screen, py::arg("device"), py::arg("stream"), py::arg("embeddings"), py::arg("rows"),
+        py::arg("gallery"), py::arg("gallery_rows"), py::arg("dim"), py::arg("gallery_labels"),
+        py::arg("num_classes"), py::arg("exclude"), py::arg("normalize"), py::arg("scores"),
+        py::arg("scores_bf16"), py::arg("candidates"), py::arg("rel_error"), py::arg("counts"),
+        py::arg("embedding_sum"), py::arg("nearest"), py::arg("problems"));
+  m.attr("kernel_abi") = rgf::kKernelAbi;  // from retrievalguard_fast/_backend.py, via CMakeLists.txt
+  m.attr("problem_slots") = problem_slots();
   m.attr("num_problem_slots") = static_cast<int>(rgf::kNumProblemSlots);
   m.attr("architectures") = RGF_CUDA_ARCHS;
   m.attr("compiler_version") = RGF_CUDA_COMPILER_VERSION;

@@ -25,7 +25,8 @@ import numpy as np
 
 # Bump with any change to the compiled modules' functions; checked at import so that Python code
 # and compiled modules of different versions are never mixed. The only place the number is
-# written: CMakeLists.txt reads it from this line and compiles it into both modules.
+# written: CMakeLists.txt reads it from this line (keep it as `KERNEL_ABI = <n>`) and compiles it
+# into both modules.
 KERNEL_ABI = 4
 
 

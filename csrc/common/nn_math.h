@@ -90,9 +90,6 @@ RGF_HD int64_t to_fixed(double v) {
 #endif
 }
 
-// Rows whose squared norm exceeds this are refused: |q|^2 + |g|^2 + 2|q||g| must stay finite in
-// float32 for the distance expansion to rank correctly.
-constexpr double kMaxRowNorm2 = 1e37;
 // Rows of norm below this are treated as zero when normalising (1/|e| would overflow float32).
 constexpr double kMinNormalizableNorm2 = 1e-60;
 

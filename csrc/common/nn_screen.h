@@ -2,18 +2,32 @@
 // products (tensor-core TF32 or bf16 matmul, computed by the caller) pick a few candidates per
 // row, the candidates are rescored exactly (the fixed-order float32 dot of the exact kernels),
 // and a rigorous error bound decides whether the exact winner is certainly among them. Rows it
-// cannot decide are searched again by the exact kernel, so the result is the exact mode's,
-// bit for bit, whatever the screening precision. docs/certification.md section 6 derives the bound.
+// cannot decide are reported undecided (nearest = -1); the caller (retrievalguard_fast/_ops.py,
+// once for both backends) searches those again with the exact nn_search (same normalize flag,
+// same exclude), whose index1 is the exact kernels' winner, so the result is the exact mode's, bit
+// for bit, whatever the screening precision. docs/certification.md section 6 derives the bound.
 #pragma once
 #include <cmath>
+#include <string>
 
 #include "nn_math.h"
+#include "nn_problem.h"
 #include "rgf_macros.h"
 
 namespace rgf {
 
-// At most this many candidates per row are rescored exactly.
+// At most this many candidates per row are rescored exactly (a ScreenList lives in registers).
 constexpr int kMaxScreenCandidates = 16;
+
+// The caller's promises about the screening parameters (host code): the candidate count fits a
+// ScreenList, and the error bound is one that screen_key_bound can use.
+inline void check_screen_scores(const ScreenScores& s) {
+  RGF_ASSERT(s.candidates >= 1 && s.candidates <= kMaxScreenCandidates,
+             "screen candidates = " + std::to_string(s.candidates) + " is outside [1, " +
+                 std::to_string(kMaxScreenCandidates) + "]");
+  RGF_ASSERT(s.rel_error >= 0.0 && s.rel_error < 1.0,
+             "screen rel_error = " + std::to_string(s.rel_error) + " is outside [0, 1)");
+}
 
 // The `capacity` smallest approximate keys seen so far, ascending in (key, index) order
 // (nn_before), so entry capacity - 1 is the smallest key of everything left out once the list

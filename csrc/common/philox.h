@@ -1,5 +1,6 @@
 // Philox4x32-10 counter-based generator (Salmon, Moraes, Dror, Shaw, SC 2011), the same code on
-// host and device. Known-answer vectors are in DESIGN.md section 4 and python_tests/test_philox.py.
+// host and device. Known-answer vectors are in docs/design.md, section "Noise streams", and in
+// python_tests/test_philox.py.
 #pragma once
 #include "rgf_macros.h"
 

@@ -1,6 +1,10 @@
-// Macros shared by the host (C++) and device (CUDA) builds of the same math.
+// Macros shared by the host (C++) and device (CUDA) builds of the same math, and the assertion
+// macro of host code.
 #pragma once
 #include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
 
 #if defined(__CUDACC__)
 #define RGF_HD __host__ __device__ __forceinline__
@@ -42,6 +46,22 @@ RGF_HD float uint_as_float(uint32_t u) {
   union { uint32_t u; float f; } v{u};
   return v.f;
 #endif
+}
+
+// Internal invariants of host code: what the Python wrappers guarantee before calling (array
+// sizes, parameter ranges). A failure is a bug of this package, never bad user input (that is
+// counted in the problem slots of common/nn_problem.h), so it is reported as such:
+// std::logic_error("retrievalguard_fast internal error: <msg> (file:line)"), which pybind11 raises
+// as RuntimeError. `msg` is a C string or std::string, built only when the check fails.
+#define RGF_ASSERT(cond, msg)                                     \
+  do {                                                            \
+    if (!(cond)) ::rgf::assert_failed((msg), __FILE__, __LINE__); \
+  } while (0)
+
+[[noreturn]] inline void assert_failed(const std::string& msg, const char* file, int line) {
+  const char* rel = std::strstr(file, "csrc/");  // the path inside the repository, not the build's
+  throw std::logic_error("retrievalguard_fast internal error: " + msg + " (" + (rel ? rel : file) + ":" +
+                         std::to_string(line) + ")");
 }
 
 }  // namespace rgf

@@ -1,8 +1,9 @@
+// The CPU nearest-neighbour kernels (see nn_cpu.h): input checks counted into the problem slots,
+// the tiled exact search, the vote and fixed-point embedding sum, and the per-row screen.
 #include "nn_cpu.h"
 
 #include <algorithm>
 #include <atomic>
-#include <cstring>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -16,14 +17,12 @@
 #endif
 
 #include "../common/nn_math.h"
+#include "../common/nn_problem.h"
 #include "../common/nn_screen.h"
 #include "dot_tile.h"
 
 namespace rgf {
 namespace {
-
-// normalize=False accepts rows of norm up to 1 + 1e-5 (float32 rounding of unit vectors).
-constexpr double kMaxUnnormalizedNorm2 = (1.0 + 1e-5) * (1.0 + 1e-5);
 
 std::atomic<int64_t> g_tile_rows{512};
 std::atomic<int64_t> g_tile_gallery{256};
@@ -43,44 +42,34 @@ inline double sum_squares(const float* v, int64_t dim) {
   return acc;
 }
 
-// First row index whose squared norm is not finite (NaN/inf values) or too large for the float32
-// distance expansion (kMaxRowNorm2), or -1.
-int64_t first_bad_row(const std::vector<double>& norm2) {
-  for (size_t i = 0; i < norm2.size(); ++i)
-    if (!(norm2[i] <= kMaxRowNorm2)) return static_cast<int64_t>(i);
-  return -1;
-}
+// Whether a row of squared norm `norm2` is refused (kBadRows / kBadGalleryRows): not finite
+// (NaN/inf values) or too large for the float32 distance expansion. False for NaN comparisons.
+inline bool bad_norm2(double norm2) { return !(norm2 <= kMaxRowNorm2); }
 
-std::vector<float> gallery_norms(const NNProblem& p, const char* op) {
+// Squared gallery norms in float32; bad gallery rows are counted in problems[kBadGalleryRows].
+std::vector<float> gallery_norms(const NNProblem& p, int64_t* problems) {
   std::vector<double> n2(p.gallery_rows);
 #pragma omp parallel for schedule(static) if (p.gallery_rows * p.dim > 65536)
   for (int64_t i = 0; i < p.gallery_rows; ++i) n2[i] = sum_squares(p.gallery + i * p.dim, p.dim);
-  const int64_t bad = first_bad_row(n2);
-  if (bad >= 0)
-    throw std::invalid_argument(std::string(op) + ": gallery row " + std::to_string(bad) +
-                                " has non-finite values (or values too large for float32); "
-                                "expected finite embeddings");
+  for (int64_t i = 0; i < p.gallery_rows; ++i) problems[kBadGalleryRows] += bad_norm2(n2[i]);
   return std::vector<float>(n2.begin(), n2.end());
 }
 
-RowTerms row_terms(const NNProblem& p, const char* op, const char* what, bool require_unit_ball) {
+// The row terms; bad rows are counted in problems[kBadRows] and, where the unit ball is required
+// and normalize is false, the other rows of norm > 1 in problems[kRowsOutsideUnitBall] (the CUDA
+// backend's row_terms_kernel counts the same way). Terms of counted rows are meaningless.
+RowTerms row_terms(const NNProblem& p, bool require_unit_ball, int64_t* problems) {
   std::vector<double> n2(p.rows);
 #pragma omp parallel for schedule(static) if (p.rows * p.dim > 65536)
   for (int64_t i = 0; i < p.rows; ++i) n2[i] = sum_squares(p.queries + i * p.dim, p.dim);
-  const int64_t bad = first_bad_row(n2);
-  if (bad >= 0)
-    throw std::invalid_argument(std::string(op) + ": " + what + " row " + std::to_string(bad) +
-                                " has non-finite values (or values too large for float32); "
-                                "expected finite values");
-  if (require_unit_ball && !p.normalize) {
-    // Without normalisation the rows must already lie in the unit ball: the certificates assume
-    // |f| <= 1 and the fixed-point embedding sum is sized for it.
-    for (int64_t i = 0; i < p.rows; ++i)
-      if (n2[i] > kMaxUnnormalizedNorm2)
-        throw std::invalid_argument(std::string(op) + ": " + what + " row " + std::to_string(i) +
-                                    " has l2 norm " + std::to_string(std::sqrt(n2[i])) +
-                                    " > 1; with normalize=False rows must have norm <= 1 "
-                                    "(pass normalize=True to normalise them)");
+  for (int64_t i = 0; i < p.rows; ++i) {
+    if (bad_norm2(n2[i])) {
+      ++problems[kBadRows];
+    } else if (require_unit_ball && !p.normalize && n2[i] > kMaxUnnormalizedNorm2) {
+      // Without normalisation the rows must already lie in the unit ball: the certificates assume
+      // |f| <= 1 and the fixed-point embedding sum is sized for it.
+      ++problems[kRowsOutsideUnitBall];
+    }
   }
   RowTerms t;
   t.minus_two_scale.resize(p.rows);
@@ -239,10 +228,28 @@ void get_cpu_tile_sizes(int64_t* rows, int64_t* gallery_rows) {
   *gallery_rows = g_tile_gallery.load();
 }
 
-void nn_search_cpu(const NNProblem& p, int64_t* index1, float* dist1, int64_t* index2,
-                   float* dist2) {
-  const std::vector<float> gn = gallery_norms(p, "nn_search");
-  const RowTerms rt = row_terms(p, "nn_search", "queries", false);
+namespace {
+
+// Zeroes the problem slots (the callee overwrites them).
+void clear_problems(int64_t* problems) { std::fill(problems, problems + kNumProblemSlots, int64_t{0}); }
+
+bool any_problem(const int64_t* problems) {
+  return std::any_of(problems, problems + kNumProblemSlots, [](int64_t n) { return n != 0; });
+}
+
+void count_bad_labels(const NNProblem& p, const int64_t* gallery_labels, int64_t num_classes, int64_t* problems) {
+  for (int64_t i = 0; i < p.gallery_rows; ++i)
+    problems[kBadLabels] += gallery_labels[i] < 0 || gallery_labels[i] >= num_classes;
+}
+
+}  // namespace
+
+void nn_search_cpu(const NNProblem& p, int64_t* index1, float* dist1, int64_t* index2, float* dist2,
+                   int64_t* problems) {
+  clear_problems(problems);
+  const std::vector<float> gn = gallery_norms(p, problems);
+  const RowTerms rt = row_terms(p, false, problems);
+  if (any_problem(problems)) return;
   const std::vector<Top2> top = tiled_search<Top2>(p, rt, gn);
   for (int64_t r = 0; r < p.rows; ++r) {
     index1[r] = nn_index_out(top[r].i1);
@@ -254,28 +261,9 @@ void nn_search_cpu(const NNProblem& p, int64_t* index1, float* dist1, int64_t* i
 
 namespace {
 
-void check_labels(const NNProblem& p, const int64_t* gallery_labels, int64_t num_classes) {
-  for (int64_t i = 0; i < p.gallery_rows; ++i) {
-    if (gallery_labels[i] < 0 || gallery_labels[i] >= num_classes)
-      throw std::invalid_argument("nn_vote: gallery_labels[" + std::to_string(i) + "] = " +
-                                  std::to_string(gallery_labels[i]) + " is outside [0, num_classes=" +
-                                  std::to_string(num_classes) + ")");
-  }
-}
-
-// Votes of each row's nearest gallery row (nearest[r] is an index, or kNoIndex when the only row
-// was excluded) and the exact fixed-point sum of the scaled rows.
-void vote_and_sum(const NNProblem& p, const RowTerms& rt, const int64_t* nearest, const int64_t* gallery_labels,
-                  int64_t num_classes, int64_t* counts, double* embedding_sum) {
-  std::fill(counts, counts + num_classes, int64_t{0});
-  for (int64_t r = 0; r < p.rows; ++r) {
-    if (nearest[r] == kNoIndex)
-      throw std::invalid_argument("nn_vote: embeddings row " + std::to_string(r) +
-                                  " has no gallery row to vote for (the only one is excluded)");
-    ++counts[gallery_labels[nearest[r]]];
-  }
-
-  // Exact fixed-point sum of the scaled rows; integer addition makes the order irrelevant.
+// The exact fixed-point sum of the scaled rows (all of them); integer addition makes the order
+// irrelevant.
+void embedding_sum_fixed(const NNProblem& p, const RowTerms& rt, double* embedding_sum) {
   std::vector<int64_t> fixed_sum(p.dim, 0);
 #pragma omp parallel if (p.rows * p.dim > (int64_t{1} << 18))
   {
@@ -296,15 +284,12 @@ void vote_and_sum(const NNProblem& p, const RowTerms& rt, const int64_t* nearest
 
 inline float score_at(const ScreenScores& s, int64_t offset) {
   if (!s.bfloat16) return static_cast<const float*>(s.data)[offset];
-  // bfloat16 is the upper half of a float32: widening is exact.
-  const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(s.data)[offset]) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
+  return bf16_bits_to_float(static_cast<const uint16_t*>(s.data)[offset]);
 }
 
 // Screens one row (see common/nn_screen.h): returns the exact nearest index, or kNoIndex when
-// the bound cannot exclude the rows outside the candidates (the caller searches it exactly).
+// the bound cannot exclude the rows outside the candidates (undecided: the caller searches it
+// exactly) or the row has no gallery row at all.
 int64_t screen_row(const NNProblem& p, const RowTerms& rt, const std::vector<float>& gn, float gn_max,
                    const ScreenScores& s, int64_t r) {
   const int64_t skip = p.exclude != nullptr ? p.exclude[r] : -1;
@@ -333,61 +318,41 @@ int64_t screen_row(const NNProblem& p, const RowTerms& rt, const std::vector<flo
 
 }  // namespace
 
-void nn_vote_cpu(const NNProblem& p, const int64_t* gallery_labels, int64_t num_classes,
-                 int64_t* counts, double* embedding_sum) {
-  check_labels(p, gallery_labels, num_classes);
-  const std::vector<float> gn = gallery_norms(p, "nn_vote");
-  const RowTerms rt = row_terms(p, "nn_vote", "embeddings", true);
+void nn_vote_cpu(const NNProblem& p, const int64_t* gallery_labels, int64_t num_classes, int64_t* counts,
+                 double* embedding_sum, int64_t* problems) {
+  clear_problems(problems);
+  count_bad_labels(p, gallery_labels, num_classes, problems);
+  const std::vector<float> gn = gallery_norms(p, problems);
+  const RowTerms rt = row_terms(p, true, problems);
+  if (any_problem(problems)) return;
   const std::vector<Top1> top = tiled_search<Top1>(p, rt, gn);
-  std::vector<int64_t> nearest(p.rows);
-  for (int64_t r = 0; r < p.rows; ++r) nearest[r] = top[r].i1;
-  vote_and_sum(p, rt, nearest.data(), gallery_labels, num_classes, counts, embedding_sum);
+  std::fill(counts, counts + num_classes, int64_t{0});
+  for (int64_t r = 0; r < p.rows; ++r) {
+    // Only possible when a one-row gallery's row is excluded, which the Python wrapper must refuse.
+    RGF_ASSERT(top[r].i1 != kNoIndex, "nn_vote: row " + std::to_string(r) + " has no gallery row to vote for");
+    ++counts[gallery_labels[top[r].i1]];
+  }
+  embedding_sum_fixed(p, rt, embedding_sum);
 }
 
-int64_t nn_vote_screened_cpu(const NNProblem& p, const int64_t* gallery_labels, int64_t num_classes,
-                             const ScreenScores& s, int64_t* counts, double* embedding_sum, int64_t* nearest) {
-  if (s.candidates < 1 || s.candidates > kMaxScreenCandidates)
-    throw std::invalid_argument("nn_vote_screened: candidates must be in [1, " +
-                                std::to_string(kMaxScreenCandidates) + "]");
-  if (!(s.rel_error >= 0.0 && s.rel_error < 1.0))
-    throw std::invalid_argument("nn_vote_screened: the screening error bound must be in [0, 1)");
-  check_labels(p, gallery_labels, num_classes);
-  const std::vector<float> gn = gallery_norms(p, "nn_vote");
-  const RowTerms rt = row_terms(p, "nn_vote", "embeddings", true);
+void nn_screen_cpu(const NNProblem& p, const int64_t* gallery_labels, int64_t num_classes, const ScreenScores& s,
+                   int64_t* counts, double* embedding_sum, int64_t* nearest, int64_t* problems) {
+  check_screen_scores(s);
+  clear_problems(problems);
+  count_bad_labels(p, gallery_labels, num_classes, problems);
+  const std::vector<float> gn = gallery_norms(p, problems);
+  const RowTerms rt = row_terms(p, true, problems);
+  if (any_problem(problems)) return;
   const float gn_max = p.gallery_rows ? *std::max_element(gn.begin(), gn.end()) : 0.0f;
 
-  std::vector<int64_t> found(p.rows);
 #pragma omp parallel for schedule(dynamic, 16) if (p.rows * p.gallery_rows > (int64_t{1} << 16))
-  for (int64_t r = 0; r < p.rows; ++r) found[r] = screen_row(p, rt, gn, gn_max, s, r);
+  for (int64_t r = 0; r < p.rows; ++r) nearest[r] = nn_index_out(screen_row(p, rt, gn, gn_max, s, r));
 
-  // Rows the screen could not decide: the exact tiled search on just those rows.
-  std::vector<int64_t> undecided;
+  // Decided rows vote here; undecided ones (nearest -1) vote after the caller's exact search.
+  std::fill(counts, counts + num_classes, int64_t{0});
   for (int64_t r = 0; r < p.rows; ++r)
-    if (found[r] == kNoIndex) undecided.push_back(r);
-  if (!undecided.empty()) {
-    const int64_t n = static_cast<int64_t>(undecided.size());
-    std::vector<float> rows(static_cast<size_t>(n * p.dim));
-    std::vector<int64_t> exclude(static_cast<size_t>(n), -1);
-    RowTerms sub_rt;
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t r = undecided[i];
-      std::copy(p.queries + r * p.dim, p.queries + (r + 1) * p.dim, rows.begin() + i * p.dim);
-      if (p.exclude != nullptr) exclude[i] = p.exclude[r];
-      sub_rt.minus_two_scale.push_back(rt.minus_two_scale[r]);
-      sub_rt.norm2.push_back(rt.norm2[r]);
-      sub_rt.scale.push_back(rt.scale[r]);
-      sub_rt.raw_norm.push_back(rt.raw_norm[r]);
-    }
-    NNProblem sub = p;
-    sub.queries = rows.data();
-    sub.rows = n;
-    sub.exclude = exclude.data();
-    const std::vector<Top1> top = tiled_search<Top1>(sub, sub_rt, gn);
-    for (int64_t i = 0; i < n; ++i) found[undecided[i]] = top[i].i1;
-  }
-  vote_and_sum(p, rt, found.data(), gallery_labels, num_classes, counts, embedding_sum);
-  for (int64_t r = 0; r < p.rows; ++r) nearest[r] = nn_index_out(found[r]);
-  return static_cast<int64_t>(undecided.size());
+    if (nearest[r] >= 0) ++counts[gallery_labels[nearest[r]]];
+  embedding_sum_fixed(p, rt, embedding_sum);
 }
 
 }  // namespace rgf

@@ -1,11 +1,13 @@
+// The CUDA nearest-neighbour kernels (see nn_cuda.h) and the host code that queues them: row and
+// gallery terms (counting bad input into the problem slots), the tiled exact search, the vote and
+// fixed-point embedding sum, and the one-warp-per-row screen.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <mutex>
-#include <stdexcept>
-#include <string>
 
 #include "../common/nn_math.h"
+#include "../common/nn_problem.h"
 #include "../common/nn_screen.h"
 #include "cuda_check.h"
 #include "nn_cuda.h"
@@ -24,7 +26,6 @@ constexpr int kTileDim = 16;
 constexpr int kThreads = 256;
 constexpr int kTileStride = kTileRows + 4;  // padded row of a shared tile; a multiple of 4 (float4 loads)
 static_assert(kTileRows == kTileGallery, "the tile loader fills both tiles with one index");
-constexpr double kMaxUnnormalizedNorm2 = (1.0 + 1e-5) * (1.0 + 1e-5);
 
 // Float64 sum of squares of one row by a whole warp, added in index order 0, 1, 2, ... exactly
 // as the CPU kernels add it (so norms, scales and keys have the same bits on both): each lane
@@ -42,7 +43,8 @@ __device__ double warp_sum_squares(const float* __restrict__ v, int64_t dim, int
 }
 
 // One warp per row: the terms of the distance expansion (nn_math.h). A bad row gets NaN terms,
-// which lose every comparison, and is counted in `problems`.
+// which lose every comparison, and is counted in `problems` (kBadRows, else kRowsOutsideUnitBall:
+// the same counting as the CPU's row_terms).
 __global__ void row_terms_kernel(const float* __restrict__ rows_data, int64_t rows, int64_t dim,
                                  bool normalize, bool require_unit_ball, float* __restrict__ m2s,
                                  float* __restrict__ norm2_out, double* __restrict__ scale_out,
@@ -238,9 +240,10 @@ int blocks_for(int64_t work, int threads) {
 }
 
 // cudaMallocAsync's pool hands its memory back to the driver at every synchronisation when its
-// release threshold is 0 (the default), and the screened search synchronises once per call: keep
-// at least 256 MiB cached in the device's current pool so that repeated calls reuse it (a higher
-// threshold set by someone else is left as it is).
+// release threshold is 0 (the default), and the callers synchronise often (to read the problem
+// counters, to find the screen's undecided rows): keep at least 256 MiB cached in the device's
+// current pool so that repeated calls reuse it (a higher threshold set by someone else is left as
+// it is).
 void keep_pool_warm(int device) {
   static std::once_flag once[64];
   if (device < 0 || device >= 64) return;
@@ -283,12 +286,19 @@ struct Plan {
 };
 
 // Split the gallery into segments only when the row blocks alone cannot fill the device.
-Plan make_plan(const NNCudaProblem& p) {
-  int sms = 0;
-  cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, p.device),
-             "cudaDeviceGetAttribute");
+// No rows: nothing to launch (row_blocks = 0). No gallery rows: one empty segment, whose blocks
+// write empty tops.
+Plan make_plan(const CudaPlace& at, const NNProblem& p) {
   Plan plan;
   plan.row_blocks = (p.rows + kTileRows - 1) / kTileRows;
+  if (p.rows == 0 || p.gallery_rows == 0) {
+    plan.segments = 1;
+    plan.tiles_per_segment = 1;
+    return plan;
+  }
+  int sms = 0;
+  cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, at.device),
+             "cudaDeviceGetAttribute");
   const int64_t tiles = (p.gallery_rows + kTileGallery - 1) / kTileGallery;
   const int64_t want_blocks = 4 * static_cast<int64_t>(sms);
   int64_t segments = std::min<int64_t>(tiles, std::max<int64_t>(1, (want_blocks + plan.row_blocks - 1) / plan.row_blocks));
@@ -299,10 +309,11 @@ Plan make_plan(const NNCudaProblem& p) {
 }
 
 template <class Top>
-void launch_tiles(const NNCudaProblem& p, const Plan& plan, const float* m2s, const float* gn,
+void launch_tiles(const CudaPlace& at, const NNProblem& p, const Plan& plan, const float* m2s, const float* gn,
                   Top* partial) {
+  if (plan.row_blocks == 0) return;  // an empty grid is a launch error
   const dim3 grid(static_cast<unsigned>(plan.row_blocks), static_cast<unsigned>(plan.segments));
-  nn_tiles_kernel<Top><<<grid, kThreads, 0, p.stream>>>(p.queries, p.rows, p.gallery, p.gallery_rows,
+  nn_tiles_kernel<Top><<<grid, kThreads, 0, at.stream>>>(p.queries, p.rows, p.gallery, p.gallery_rows,
                                                         p.dim, p.exclude, m2s, gn,
                                                         plan.tiles_per_segment, partial);
   cuda_check_launch("nn_tiles_kernel");
@@ -316,50 +327,52 @@ struct Terms {
   float* gn;
 };
 
-Terms prepare_terms(const NNCudaProblem& p, bool require_unit_ball, int64_t* problems, StreamScratch& scratch) {
+// Zeroes `problems` first: every call overwrites its counters.
+Terms prepare_terms(const CudaPlace& at, const NNProblem& p, bool require_unit_ball, int64_t* problems,
+                    StreamScratch& scratch) {
   Terms t;
   t.m2s = scratch.take<float>(p.rows);
   t.norm2 = scratch.take<float>(p.rows);
   t.scale = scratch.take<double>(p.rows);
   t.gn = scratch.take<float>(p.gallery_rows);
-  cuda_check(cudaMemsetAsync(problems, 0, kNumProblemSlots * sizeof(int64_t), p.stream), "cudaMemsetAsync");
-  row_terms_kernel<<<blocks_for(p.rows * 32, kThreads), kThreads, 0, p.stream>>>(
+  cuda_check(cudaMemsetAsync(problems, 0, kNumProblemSlots * sizeof(int64_t), at.stream), "cudaMemsetAsync");
+  row_terms_kernel<<<blocks_for(p.rows * 32, kThreads), kThreads, 0, at.stream>>>(
       p.queries, p.rows, p.dim, p.normalize, require_unit_ball, t.m2s, t.norm2, t.scale, problems);
   cuda_check_launch("row_terms_kernel");
-  gallery_norms_kernel<<<blocks_for(p.gallery_rows * 32, kThreads), kThreads, 0, p.stream>>>(
+  gallery_norms_kernel<<<blocks_for(p.gallery_rows * 32, kThreads), kThreads, 0, at.stream>>>(
       p.gallery, p.gallery_rows, p.dim, t.gn, problems);
   cuda_check_launch("gallery_norms_kernel");
   return t;
 }
 
-size_t terms_bytes(const NNCudaProblem& p) {
+size_t terms_bytes(const NNProblem& p) {
   return StreamScratch::padded(p.rows * sizeof(float)) * 2 + StreamScratch::padded(p.rows * sizeof(double)) +
          StreamScratch::padded(p.gallery_rows * sizeof(float));
 }
 
 template <class Top>
-Terms prepare(const NNCudaProblem& p, const Plan& plan, bool require_unit_ball, int64_t* problems,
+Terms prepare(const CudaPlace& at, const NNProblem& p, const Plan& plan, bool require_unit_ball, int64_t* problems,
               StreamScratch& scratch, Top** partial) {
-  const Terms t = prepare_terms(p, require_unit_ball, problems, scratch);
+  const Terms t = prepare_terms(at, p, require_unit_ball, problems, scratch);
   *partial = scratch.take<Top>(plan.segments * p.rows);
   return t;
 }
 
 template <class Top>
-size_t scratch_bytes(const NNCudaProblem& p, const Plan& plan, size_t extra) {
+size_t scratch_bytes(const NNProblem& p, const Plan& plan, size_t extra) {
   return terms_bytes(p) + StreamScratch::padded(plan.segments * p.rows * sizeof(Top)) + StreamScratch::padded(extra);
 }
 
 // Writes the sum of all (scaled) rows into `embedding_sum`, accumulated in fixed point.
-void launch_embedding_sum(const NNCudaProblem& p, const double* scale, unsigned long long* fixed_sum,
-                          double* embedding_sum) {
-  cuda_check(cudaMemsetAsync(fixed_sum, 0, p.dim * sizeof(unsigned long long), p.stream), "cudaMemsetAsync");
-  const int sum_threads = static_cast<int>(std::min<int64_t>(256, ((p.dim + 31) / 32) * 32));
-  embedding_sum_kernel<<<blocks_for(p.rows, kSumRowsPerBlock), sum_threads, 0, p.stream>>>(
+void launch_embedding_sum(const CudaPlace& at, const NNProblem& p, const double* scale,
+                          unsigned long long* fixed_sum, double* embedding_sum) {
+  cuda_check(cudaMemsetAsync(fixed_sum, 0, p.dim * sizeof(unsigned long long), at.stream), "cudaMemsetAsync");
+  const int sum_threads = static_cast<int>(std::clamp<int64_t>(((p.dim + 31) / 32) * 32, 32, 256));
+  embedding_sum_kernel<<<blocks_for(p.rows, kSumRowsPerBlock), sum_threads, 0, at.stream>>>(
       p.queries, p.rows, p.dim, scale, fixed_sum);
   cuda_check_launch("embedding_sum_kernel");
-  fixed_to_double_kernel<<<blocks_for(p.dim, kThreads), kThreads, 0, p.stream>>>(fixed_sum, p.dim,
-                                                                             embedding_sum);
+  fixed_to_double_kernel<<<blocks_for(p.dim, kThreads), kThreads, 0, at.stream>>>(fixed_sum, p.dim,
+                                                                              embedding_sum);
   cuda_check_launch("fixed_to_double_kernel");
 }
 
@@ -367,17 +380,15 @@ void launch_embedding_sum(const NNCudaProblem& p, const double* scale, unsigned 
 
 template <bool kBf16>
 __device__ __forceinline__ float load_score(const void* scores, int64_t offset) {
-  if (kBf16) {  // bfloat16 is the upper half of a float32: widening is exact
-    const unsigned short bits = static_cast<const unsigned short*>(scores)[offset];
-    return __uint_as_float(static_cast<unsigned>(bits) << 16);
-  }
+  if (kBf16) return bf16_bits_to_float(static_cast<const uint16_t*>(scores)[offset]);
   return static_cast<const float*>(scores)[offset];
 }
 
 // One warp per row (common/nn_screen.h): each lane keeps the best candidates + 1 of its strided
 // share of the row's screening scores, the lists are merged across the warp, lanes rescore the
-// candidates with the exact float32 dot, and lane 0 either votes (the bound proves the winner)
-// or queues the row for the exact search. Bad rows (NaN terms) do neither.
+// candidates with the exact float32 dot, and lane 0 either votes and writes the winner (the bound
+// proves it) or marks the row undecided (nearest = -1, for the caller's exact search). Bad rows
+// (NaN terms) are marked -1 too and cast no vote.
 template <bool kBf16>
 __global__ void __launch_bounds__(kThreads)
 screen_kernel(const float* __restrict__ queries, int64_t rows, const float* __restrict__ gallery,
@@ -385,8 +396,7 @@ screen_kernel(const float* __restrict__ queries, int64_t rows, const float* __re
               const float* __restrict__ m2s, const double* __restrict__ scale, const float* __restrict__ gn,
               const void* __restrict__ scores, int candidates, double rel_error,
               const int64_t* __restrict__ labels, int64_t num_classes, int64_t* __restrict__ counts,
-              int64_t* __restrict__ nearest, int64_t* __restrict__ undecided_rows,
-              unsigned long long* __restrict__ undecided_count) {
+              int64_t* __restrict__ nearest) {
   const int64_t r = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x & 31;
   if (r >= rows) return;  // whole warps exit together
@@ -468,153 +478,70 @@ screen_kernel(const float* __restrict__ queries, int64_t rows, const float* __re
       atomicAdd(reinterpret_cast<unsigned long long*>(counts + label), 1ull);
   } else {
     nearest[r] = -1;
-    undecided_rows[atomicAdd(undecided_count, 1ull)] = r;
   }
-}
-
-// Copies the undecided rows (and their excluded indices) into a compact problem.
-__global__ void gather_rows_kernel(const float* __restrict__ queries, int64_t dim,
-                                   const int64_t* __restrict__ exclude, const int64_t* __restrict__ row_ids,
-                                   int64_t n, float* __restrict__ sub_queries, int64_t* __restrict__ sub_exclude) {
-  const int64_t i = blockIdx.x;
-  if (i >= n) return;
-  const int64_t r = row_ids[i];
-  for (int64_t k = threadIdx.x; k < dim; k += blockDim.x) sub_queries[i * dim + k] = queries[r * dim + k];
-  if (threadIdx.x == 0) sub_exclude[i] = exclude != nullptr ? exclude[r] : -1;
-}
-
-__global__ void merge_undecided_kernel(const Top1* __restrict__ partial, int64_t segments, int64_t n,
-                                       const int64_t* __restrict__ row_ids, const int64_t* __restrict__ labels,
-                                       int64_t num_classes, int64_t* __restrict__ counts,
-                                       int64_t* __restrict__ nearest) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= n) return;
-  Top1 t = partial[i];
-  for (int64_t s = 1; s < segments; ++s) nn_merge(t, partial[s * n + i]);
-  nearest[row_ids[i]] = nn_index_out(t.i1);
-  if (t.i1 == kNoIndex) return;
-  const int64_t label = labels[t.i1];
-  if (label >= 0 && label < num_classes)
-    atomicAdd(reinterpret_cast<unsigned long long*>(counts + label), 1ull);
 }
 
 }  // namespace
 
-void nn_search_cuda(const NNCudaProblem& p, int64_t* index1, float* dist1, int64_t* index2,
+void nn_search_cuda(const CudaPlace& at, const NNProblem& p, int64_t* index1, float* dist1, int64_t* index2,
                     float* dist2, int64_t* problems) {
-  cuda_check(cudaSetDevice(p.device), "cudaSetDevice");
-  keep_pool_warm(p.device);
-  if (p.rows == 0) return;
-  const Plan plan = make_plan(p);
-  StreamScratch scratch(scratch_bytes<Top2>(p, plan, 0), p.stream);
+  cuda_check(cudaSetDevice(at.device), "cudaSetDevice");
+  keep_pool_warm(at.device);
+  const Plan plan = make_plan(at, p);
+  StreamScratch scratch(scratch_bytes<Top2>(p, plan, 0), at.stream);
   Top2* partial = nullptr;
-  const Terms t = prepare<Top2>(p, plan, false, problems, scratch, &partial);
-  launch_tiles<Top2>(p, plan, t.m2s, t.gn, partial);
-  merge_search_kernel<<<blocks_for(p.rows, kThreads), kThreads, 0, p.stream>>>(
+  const Terms t = prepare<Top2>(at, p, plan, false, problems, scratch, &partial);
+  launch_tiles<Top2>(at, p, plan, t.m2s, t.gn, partial);
+  merge_search_kernel<<<blocks_for(p.rows, kThreads), kThreads, 0, at.stream>>>(
       partial, plan.segments, p.rows, t.norm2, index1, dist1, index2, dist2);
   cuda_check_launch("merge_search_kernel");
 }
 
-void nn_vote_cuda(const NNCudaProblem& p, const int64_t* gallery_labels, int64_t num_classes,
+void nn_vote_cuda(const CudaPlace& at, const NNProblem& p, const int64_t* gallery_labels, int64_t num_classes,
                   int64_t* counts, double* embedding_sum, int64_t* problems) {
-  cuda_check(cudaSetDevice(p.device), "cudaSetDevice");
-  keep_pool_warm(p.device);
-  cuda_check(cudaMemsetAsync(counts, 0, num_classes * sizeof(int64_t), p.stream), "cudaMemsetAsync");
-  if (p.rows == 0) {
-    cuda_check(cudaMemsetAsync(embedding_sum, 0, p.dim * sizeof(double), p.stream), "cudaMemsetAsync");
-    cuda_check(cudaMemsetAsync(problems, 0, kNumProblemSlots * sizeof(int64_t), p.stream), "cudaMemsetAsync");
-    return;
-  }
-  const Plan plan = make_plan(p);
-  StreamScratch scratch(scratch_bytes<Top1>(p, plan, p.dim * sizeof(unsigned long long)), p.stream);
+  cuda_check(cudaSetDevice(at.device), "cudaSetDevice");
+  keep_pool_warm(at.device);
+  cuda_check(cudaMemsetAsync(counts, 0, num_classes * sizeof(int64_t), at.stream), "cudaMemsetAsync");
+  const Plan plan = make_plan(at, p);
+  StreamScratch scratch(scratch_bytes<Top1>(p, plan, p.dim * sizeof(unsigned long long)), at.stream);
   Top1* partial = nullptr;
-  const Terms t = prepare<Top1>(p, plan, true, problems, scratch, &partial);
+  const Terms t = prepare<Top1>(at, p, plan, true, problems, scratch, &partial);
   unsigned long long* fixed_sum = scratch.take<unsigned long long>(p.dim);
-  check_labels_kernel<<<blocks_for(p.gallery_rows, kThreads), kThreads, 0, p.stream>>>(
+  check_labels_kernel<<<blocks_for(p.gallery_rows, kThreads), kThreads, 0, at.stream>>>(
       gallery_labels, p.gallery_rows, num_classes, problems);
   cuda_check_launch("check_labels_kernel");
-  launch_tiles<Top1>(p, plan, t.m2s, t.gn, partial);
-  merge_vote_kernel<<<blocks_for(p.rows, kThreads), kThreads, 0, p.stream>>>(
+  launch_tiles<Top1>(at, p, plan, t.m2s, t.gn, partial);
+  merge_vote_kernel<<<blocks_for(p.rows, kThreads), kThreads, 0, at.stream>>>(
       partial, plan.segments, p.rows, gallery_labels, num_classes, counts);
   cuda_check_launch("merge_vote_kernel");
-  launch_embedding_sum(p, t.scale, fixed_sum, embedding_sum);
+  launch_embedding_sum(at, p, t.scale, fixed_sum, embedding_sum);
 }
 
-int64_t nn_vote_screened_cuda(const NNCudaProblem& p, const int64_t* gallery_labels, int64_t num_classes,
-                              const ScreenScoresCuda& s, int64_t* counts, double* embedding_sum,
-                              int64_t* nearest, int64_t* problems) {
-  cuda_check(cudaSetDevice(p.device), "cudaSetDevice");
-  keep_pool_warm(p.device);
-  if (s.candidates < 1 || s.candidates > kMaxScreenCandidates)
-    throw std::invalid_argument("nn_vote_screened: candidates must be in [1, " +
-                                std::to_string(kMaxScreenCandidates) + "]");
-  if (!(s.rel_error >= 0.0 && s.rel_error < 1.0))
-    throw std::invalid_argument("nn_vote_screened: the screening error bound must be in [0, 1)");
-  cuda_check(cudaMemsetAsync(counts, 0, num_classes * sizeof(int64_t), p.stream), "cudaMemsetAsync");
-  if (p.rows == 0) {
-    cuda_check(cudaMemsetAsync(embedding_sum, 0, p.dim * sizeof(double), p.stream), "cudaMemsetAsync");
-    cuda_check(cudaMemsetAsync(problems, 0, kNumProblemSlots * sizeof(int64_t), p.stream), "cudaMemsetAsync");
-    return 0;
+void nn_screen_cuda(const CudaPlace& at, const NNProblem& p, const int64_t* gallery_labels, int64_t num_classes,
+                    const ScreenScores& s, int64_t* counts, double* embedding_sum, int64_t* nearest,
+                    int64_t* problems) {
+  check_screen_scores(s);
+  cuda_check(cudaSetDevice(at.device), "cudaSetDevice");
+  keep_pool_warm(at.device);
+  cuda_check(cudaMemsetAsync(counts, 0, num_classes * sizeof(int64_t), at.stream), "cudaMemsetAsync");
+  StreamScratch scratch(terms_bytes(p) + StreamScratch::padded(p.dim * sizeof(unsigned long long)), at.stream);
+  const Terms t = prepare_terms(at, p, true, problems, scratch);
+  unsigned long long* fixed_sum = scratch.take<unsigned long long>(p.dim);
+  check_labels_kernel<<<blocks_for(p.gallery_rows, kThreads), kThreads, 0, at.stream>>>(
+      gallery_labels, p.gallery_rows, num_classes, problems);
+  cuda_check_launch("check_labels_kernel");
+  const int blocks = blocks_for(p.rows * 32, kThreads);
+  if (s.bfloat16) {
+    screen_kernel<true><<<blocks, kThreads, 0, at.stream>>>(
+        p.queries, p.rows, p.gallery, p.gallery_rows, p.dim, p.exclude, t.m2s, t.scale, t.gn, s.data,
+        s.candidates, s.rel_error, gallery_labels, num_classes, counts, nearest);
+  } else {
+    screen_kernel<false><<<blocks, kThreads, 0, at.stream>>>(
+        p.queries, p.rows, p.gallery, p.gallery_rows, p.dim, p.exclude, t.m2s, t.scale, t.gn, s.data,
+        s.candidates, s.rel_error, gallery_labels, num_classes, counts, nearest);
   }
-  int64_t undecided = 0;
-  {
-    StreamScratch scratch(terms_bytes(p) + StreamScratch::padded(p.dim * sizeof(unsigned long long)) +
-                              StreamScratch::padded(p.rows * sizeof(int64_t)) + StreamScratch::padded(sizeof(unsigned long long)),
-                          p.stream);
-    const Terms t = prepare_terms(p, true, problems, scratch);
-    unsigned long long* fixed_sum = scratch.take<unsigned long long>(p.dim);
-    int64_t* undecided_rows = scratch.take<int64_t>(p.rows);
-    unsigned long long* undecided_count = scratch.take<unsigned long long>(1);
-    cuda_check(cudaMemsetAsync(undecided_count, 0, sizeof(unsigned long long), p.stream), "cudaMemsetAsync");
-    check_labels_kernel<<<blocks_for(p.gallery_rows, kThreads), kThreads, 0, p.stream>>>(
-        gallery_labels, p.gallery_rows, num_classes, problems);
-    cuda_check_launch("check_labels_kernel");
-    const int blocks = blocks_for(p.rows * 32, kThreads);
-    if (s.bfloat16) {
-      screen_kernel<true><<<blocks, kThreads, 0, p.stream>>>(
-          p.queries, p.rows, p.gallery, p.gallery_rows, p.dim, p.exclude, t.m2s, t.scale, t.gn, s.data,
-          s.candidates, s.rel_error, gallery_labels, num_classes, counts, nearest, undecided_rows, undecided_count);
-    } else {
-      screen_kernel<false><<<blocks, kThreads, 0, p.stream>>>(
-          p.queries, p.rows, p.gallery, p.gallery_rows, p.dim, p.exclude, t.m2s, t.scale, t.gn, s.data,
-          s.candidates, s.rel_error, gallery_labels, num_classes, counts, nearest, undecided_rows, undecided_count);
-    }
-    cuda_check_launch("screen_kernel");
-    launch_embedding_sum(p, t.scale, fixed_sum, embedding_sum);
-
-    // How many rows the screen left undecided: one synchronisation per call.
-    unsigned long long n = 0;
-    cuda_check(cudaMemcpyAsync(&n, undecided_count, sizeof(n), cudaMemcpyDeviceToHost, p.stream), "cudaMemcpyAsync");
-    cuda_check(cudaStreamSynchronize(p.stream), "cudaStreamSynchronize");
-    undecided = static_cast<int64_t>(n);
-    if (undecided > 0) {
-      // The exact tiled search on just those rows (their terms are recomputed identically).
-      NNCudaProblem sub = p;
-      sub.rows = undecided;
-      const Plan plan = make_plan(sub);
-      StreamScratch sub_scratch(StreamScratch::padded(undecided * p.dim * sizeof(float)) +
-                                    StreamScratch::padded(undecided * sizeof(int64_t)) +
-                                    StreamScratch::padded(kNumProblemSlots * sizeof(int64_t)) +
-                                    scratch_bytes<Top1>(sub, plan, 0),
-                                p.stream);
-      float* sub_queries = sub_scratch.take<float>(undecided * p.dim);
-      int64_t* sub_exclude = sub_scratch.take<int64_t>(undecided);
-      int64_t* sub_problems = sub_scratch.take<int64_t>(kNumProblemSlots);  // already counted above
-      const int gather_threads = static_cast<int>(std::min<int64_t>(256, ((p.dim + 31) / 32) * 32));
-      gather_rows_kernel<<<static_cast<unsigned>(undecided), gather_threads, 0, p.stream>>>(
-          p.queries, p.dim, p.exclude, undecided_rows, undecided, sub_queries, sub_exclude);
-      cuda_check_launch("gather_rows_kernel");
-      sub.queries = sub_queries;
-      sub.exclude = sub_exclude;
-      Top1* partial = nullptr;
-      const Terms st = prepare<Top1>(sub, plan, true, sub_problems, sub_scratch, &partial);
-      launch_tiles<Top1>(sub, plan, st.m2s, st.gn, partial);
-      merge_undecided_kernel<<<blocks_for(undecided, kThreads), kThreads, 0, p.stream>>>(
-          partial, plan.segments, undecided, undecided_rows, gallery_labels, num_classes, counts, nearest);
-      cuda_check_launch("merge_undecided_kernel");
-    }
-  }
-  return undecided;
+  cuda_check_launch("screen_kernel");
+  launch_embedding_sum(at, p, t.scale, fixed_sum, embedding_sum);
 }
 
 }  // namespace rgf
