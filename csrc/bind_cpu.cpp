@@ -165,6 +165,9 @@ PYBIND11_MODULE(_core, m) {
   m.attr("problem_slots") = problem_slots();
   m.attr("num_problem_slots") = static_cast<int>(rgf::kNumProblemSlots);
   m.attr("max_screen_candidates") = rgf::kMaxScreenCandidates;  // the largest `candidates` nn_screen accepts
+  // The limits behind the bad_rows / rows_outside_unit_ball slots (Python names the offending row).
+  m.attr("max_row_norm2") = rgf::kMaxRowNorm2;
+  m.attr("max_unnormalized_norm2") = rgf::kMaxUnnormalizedNorm2;
 #if defined(__AVX512F__)
   m.attr("dot_kernel") = "avx512 fixed-order micro-kernel (8 x 32)";
 #else

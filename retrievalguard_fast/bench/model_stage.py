@@ -21,7 +21,8 @@ import torch
 
 from ..digits import load_default_model, load_digits_split
 from ..gallery import Gallery
-from ..smoothing import SmoothedRetriever, summarize
+from ..report import summarize
+from ..smoothing import SmoothedRetriever
 
 CONFIGS = {
     "baseline": {},

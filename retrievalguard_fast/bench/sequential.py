@@ -28,7 +28,8 @@ import torch
 from ..certificates import vote_radius
 from ..digits import load_default_model, load_digits_split
 from ..gallery import Gallery
-from ..smoothing import SmoothedRetriever, certified_accuracy
+from ..report import certified_accuracy
+from ..smoothing import SmoothedRetriever
 from .certify import plain_torch_certify
 
 
