@@ -39,3 +39,18 @@ def test_bench_model_stage_small(tmp_path):
     out = bench(tmp_path, "model-stage", "--queries", "3", "--n", "500", "--configs", "baseline", "bf16 autocast",
                 "channels-last", "batch x4")
     assert "bf16 autocast" in out
+
+
+def test_options_without_a_name_go_to_all(monkeypatch):
+    """`bench --device cpu` runs every benchmark of `all` with those options (it used to exit 2)."""
+    import retrievalguard_fast.bench as bench_package
+    from retrievalguard_fast import cli
+
+    calls = []
+    monkeypatch.setattr(bench_package, "run", lambda name, argv: calls.append((name, list(argv))))
+    assert cli.main(["bench", "--device", "cpu"]) == 0
+    assert calls == [("kernels", ["--device", "cpu"]), ("certify", ["--device", "cpu"])]
+    calls.clear()
+    assert cli.main(["bench", "sequential", "--queries", "2"]) == 0
+    assert calls == [("sequential", ["--queries", "2"])]
+    assert cli.main(["bench", "nope"]) == 2

@@ -224,7 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"] and argv[1:2] not in (["-h"], ["--help"]):
+        # Everything after "bench" belongs to the benchmarks (argparse would take a leading
+        # option such as --device for its own and refuse it).
+        args = argparse.Namespace(func=cmd_bench, bench_args=argv[1:], debug=False)
+    else:
+        args = parser.parse_args(argv)
     try:
         return args.func(args)
     except RunInterrupted as exc:
