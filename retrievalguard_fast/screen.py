@@ -102,21 +102,20 @@ def screen_matmul_precision(device: Any, precision: str):
     else:
         flags = torch.backends.mkldnn.matmul
         wanted = "highest" if legacy else "ieee"
-    old_flag = flags.fp32_precision
-    old_reduction = torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
-    try:
+    old = (old_legacy if legacy else flags.fp32_precision, torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction)
+
+    def apply(precision_setting, bf16_reduction: bool) -> None:
         if legacy:
-            torch.set_float32_matmul_precision(wanted)
+            torch.set_float32_matmul_precision(precision_setting)
         else:
-            flags.fp32_precision = wanted
-        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+            flags.fp32_precision = precision_setting
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = bf16_reduction
+
+    apply(wanted, False)
+    try:
         yield
     finally:
-        if legacy:
-            torch.set_float32_matmul_precision(old_legacy)
-        else:
-            flags.fp32_precision = old_flag
-        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = old_reduction
+        apply(*old)
 
 
 def nn_vote_screened(

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the CLI's interruption and folder-lock tests N times in a row (default 20) while busy
+# loops keep every core loaded, the conditions under which a timing-dependent test would fail.
+# Usage: bash scripts/stress_interruption_tests.sh [N]   (from the repository root, package installed)
+set -euo pipefail
+rounds="${1:-20}"
+busy=()
+for _ in $(seq "$(nproc)"); do
+  python3 -c "while True: pass" &
+  busy+=($!)
+done
+trap 'kill "${busy[@]}" 2>/dev/null' EXIT
+for i in $(seq "$rounds"); do
+  start=$(date +%s)
+  pytest python_tests/test_cli.py -q -p no:cacheprovider -k "interruption or in_use" \
+    || { echo "round $i of $rounds FAILED"; exit 1; }
+  echo "round $i of $rounds passed in $(( $(date +%s) - start )) s, $(nproc) busy loops running"
+done
+echo "all $rounds rounds passed under load"
