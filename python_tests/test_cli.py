@@ -139,8 +139,11 @@ def test_the_same_folder_refuses_other_parameters_and_needs_resume(files, tmp_pa
 def _start_paused(args, cwd, results, lines):
     """Start a CLI run whose model pauses once ``results`` has ``lines`` lines; return it when
     it is paused there (it cannot finish before the test signals it: no race)."""
+    # SIGINT back to its default in the child: a test runner started in the background (CI, nohup,
+    # `cmd &`) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
     proc = subprocess.Popen([sys.executable, "-m", "retrievalguard_fast", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env(f"{results}:{lines}"))
+                            stderr=subprocess.PIPE, text=True, env=_env(f"{results}:{lines}"),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     paused = f"{results}.paused"
     deadline = time.monotonic() + 600  # a generous bound for a busy machine; normally seconds
     while not os.path.exists(paused):
