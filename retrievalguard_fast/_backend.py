@@ -129,8 +129,6 @@ def cpu_tile_sizes(rows: int, gallery_rows: int) -> Iterator[None]:
         set_cpu_tile_sizes(*old)
 
 
-
-
 # ----------------------------------------------------------------------------- backends
 
 
@@ -141,7 +139,6 @@ def _torch():
 class CpuBackend:
     """The C++ kernels (``_core``) on numpy arrays or CPU tensors (read through numpy views)."""
 
-    name = "cpu"
     #: The CPU kernels read back their problem counters for free and skip the work when there
     #: are any, so every call is checked.
     always_checks = True
@@ -198,7 +195,6 @@ class CudaBackend:
     ``torch.cuda.current_stream()`` of the tensors' device; nothing synchronises except
     :meth:`read_problems`."""
 
-    name = "cuda"
     always_checks = False  # reading the counters back synchronises; callers choose (check=)
 
     @staticmethod

@@ -155,7 +155,9 @@ def run_parameters(retriever, *, num_queries: int, n0: int, n: int, alpha: float
     data (a file digest, a factory name, a data set), so a resume with other inputs is refused."""
     params = {
         **identity,
-        "sigma": retriever.sigma, "n0": n0, "n": n, "alpha": alpha, "seed": retriever.seed,
+        # The float32 sigma the noise and the certificates use, written as its shortest decimal
+        # (0.1, not 0.10000000149011612).
+        "sigma": float(str(np.float32(retriever.sigma))), "n0": n0, "n": n, "alpha": alpha, "seed": retriever.seed,
         "recall_k": sorted(set(int(k) for k in ks)), "device_type": retriever.device.type, "num_queries": int(num_queries),
         # The model always runs on batches of exactly this many rows, so results do not depend on
         # how an interrupted run was resumed; a different batch size may change the last bits.

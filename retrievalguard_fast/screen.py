@@ -99,8 +99,8 @@ def screen_matmul_precision(device: Any, precision: str):
     if device.type == "cuda":
         flags = torch.backends.cuda.matmul
         wanted = ("high" if precision == "tf32" else "highest") if legacy else ("tf32" if precision == "tf32" else "ieee")
-    else:
-        flags = torch.backends.mkldnn.matmul
+    else:  # the per-backend oneDNN flag exists from torch 2.9 on; before that, only the legacy one
+        flags = getattr(torch.backends.mkldnn, "matmul", None)
         wanted = "highest" if legacy else "ieee"
     old = (old_legacy if legacy else flags.fp32_precision, torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction)
 
@@ -193,11 +193,14 @@ def nn_vote_screened(
             # screen normalised them, ranks by the same keys as the exact nn_vote.
             left = (q_nearest < 0).nonzero().flatten()
             if len(left):
-                undecided += len(left)
                 found = _exact_nearest(backend, q[left], gt, None if q_ex is None else q_ex[left], normalize)
                 q_nearest[left] = found
-                found = found[found >= 0]  # only bad rows (check=False on CUDA) have none: no vote
-                chunk_counts += torch.bincount(lt[found], minlength=num_classes)
+                # Only bad input (possible with check=False on CUDA) leaves a row without a nearest
+                # gallery row or a label outside [0, num_classes): such rows cast no vote, as in nn_vote.
+                found = found[found >= 0]
+                undecided += len(found)
+                label = lt[found]
+                chunk_counts += torch.bincount(label[(label >= 0) & (label < num_classes)], minlength=num_classes)
             counts += chunk_counts
             embedding_sum += chunk_sum  # exact: fixed-point multiples of 2^-32 (see nn_vote)
     if kind == "numpy":

@@ -2,7 +2,7 @@
 // products (tensor-core TF32 or bf16 matmul, computed by the caller) pick a few candidates per
 // row, the candidates are rescored exactly (the fixed-order float32 dot of the exact kernels),
 // and a rigorous error bound decides whether the exact winner is certainly among them. Rows it
-// cannot decide are reported undecided (nearest = -1); the caller (retrievalguard_fast/_ops.py,
+// cannot decide are reported undecided (nearest = -1); the caller (retrievalguard_fast/screen.py,
 // once for both backends) searches those again with the exact nn_search (same normalize flag,
 // same exclude), whose index1 is the exact kernels' winner, so the result is the exact mode's, bit
 // for bit, whatever the screening precision. docs/certification.md section 6 derives the bound.
