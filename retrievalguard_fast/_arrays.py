@@ -19,12 +19,13 @@ import numpy as np
 MAX_VOTE_ROWS = 2**31 - 1
 
 
-def _torch():
+def torch_module():
+    """torch if it was imported (only then can an argument be a tensor), else None."""
     return sys.modules.get("torch")
 
 
 def is_tensor(a: Any) -> bool:
-    torch = _torch()
+    torch = torch_module()
     return torch is not None and isinstance(a, torch.Tensor)
 
 
@@ -69,7 +70,7 @@ def is_floating(a: Any) -> bool:
 
 def is_integer(a: Any) -> bool:
     if is_tensor(a):
-        torch = _torch()
+        torch = torch_module()
         return not a.dtype.is_floating_point and not a.dtype.is_complex and a.dtype != torch.bool
     return np.issubdtype(a.dtype, np.integer)
 
@@ -77,7 +78,7 @@ def is_integer(a: Any) -> bool:
 def as_array(op: str, name: str, a: Any) -> Any:
     """numpy arrays and tensors pass; other array-likes (lists) become numpy arrays."""
     if is_tensor(a):
-        if a.layout != _torch().strided:
+        if a.layout != torch_module().strided:
             raise TypeError(f"{op}: {name} must be a dense (strided) tensor, got layout {a.layout}")
         return a
     if isinstance(a, np.ndarray):
@@ -99,7 +100,7 @@ def float32(op: str, name: str, a: Any, ndim: Optional[int] = None) -> Any:
     if not is_floating(a):
         raise TypeError(f"{op}: {name} must have a floating dtype (float16/32/64, bfloat16), got {dtype_name(a)}")
     if is_tensor(a):
-        torch = _torch()
+        torch = torch_module()
         return a.detach().to(torch.float32).contiguous()
     return np.ascontiguousarray(a, dtype=np.float32)
 
@@ -111,7 +112,7 @@ def int64(op: str, name: str, a: Any, ndim: int = 1) -> Any:
     if not is_integer(a):
         raise TypeError(f"{op}: {name} must have an integer dtype, got {dtype_name(a)}")
     if is_tensor(a):
-        torch = _torch()
+        torch = torch_module()
         if a.dtype == torch.uint64 and a.numel() and bool((a > 2**63 - 1).any()):  # would wrap to negative
             raise ValueError(f"{op}: {name} has values above 2**63 - 1")
         return a.detach().to(torch.int64).contiguous()
@@ -127,7 +128,7 @@ def numpy_view(a: Any) -> np.ndarray:
 
 def all_finite(a: Any) -> bool:
     if is_tensor(a):
-        return bool(_torch().isfinite(a).all().item())
+        return bool(torch_module().isfinite(a).all().item())
     return bool(np.isfinite(a).all())
 
 
@@ -153,7 +154,7 @@ def empty(like: Any, kind: str, shape: Tuple[int, ...], dtype: str) -> Any:
     """A new array of numpy dtype name `dtype` of the same kind and device as `like`."""
     if kind == "numpy":
         return np.empty(shape, dtype=dtype)
-    torch = _torch()
+    torch = torch_module()
     return torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
 
 
@@ -178,7 +179,7 @@ def check_out(op: str, name: str, out: Any, kind: str, shape: Tuple[int, ...], d
     else:
         if not is_tensor(out):
             raise TypeError(f"{op}: {name} must be a torch tensor like x, got {type(out).__name__}")
-        torch = _torch()
+        torch = torch_module()
         want = torch.float32 if isinstance(dtype, str) else dtype
         ok_dtype = out.dtype == want
         contiguous = out.is_contiguous()
@@ -211,7 +212,7 @@ def exclude_rows(op: str, exclude: Any, rows: int, gallery_rows: int, like: Any)
     if isinstance(exclude, numbers.Integral) and not isinstance(exclude, bool):
         value = check_int(op, "exclude", exclude, -1, gallery_rows - 1)
         if is_cuda(like):
-            return _torch().full((rows,), value, dtype=_torch().int64, device=like.device)
+            return torch_module().full((rows,), value, dtype=torch_module().int64, device=like.device)
         return np.full(rows, value, dtype=np.int64)
     ex = int64(op, "exclude", exclude)
     if ex.shape[0] != rows:

@@ -22,6 +22,8 @@ from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 
+from ._arrays import numpy_view, torch_module
+
 
 # Bump with any change to the compiled modules' functions; checked at import so that Python code
 # and compiled modules of different versions are never mixed. The only place the number is
@@ -132,10 +134,6 @@ def cpu_tile_sizes(rows: int, gallery_rows: int) -> Iterator[None]:
 # ----------------------------------------------------------------------------- backends
 
 
-def _torch():
-    return sys.modules["torch"]
-
-
 class CpuBackend:
     """The C++ kernels (``_core``) on numpy arrays or CPU tensors (read through numpy views)."""
 
@@ -144,15 +142,11 @@ class CpuBackend:
     always_checks = True
 
     @staticmethod
-    def _np(a: Any) -> np.ndarray:
-        return a.numpy() if not isinstance(a, np.ndarray) else a
-
-    @staticmethod
     def _flat(a: Any) -> np.ndarray:
-        return CpuBackend._np(a).reshape(-1)
+        return numpy_view(a).reshape(-1)
 
     def _exclude(self, exclude: Any) -> np.ndarray:
-        return self._np(exclude) if exclude is not None else np.empty(0, dtype=np.int64)
+        return numpy_view(exclude) if exclude is not None else np.empty(0, dtype=np.int64)
 
     def new_problems(self, like: Any) -> np.ndarray:
         return np.zeros(int(_core.num_problem_slots), dtype=np.int64)
@@ -171,23 +165,23 @@ class CpuBackend:
 
     def nn_search(self, queries, gallery, exclude, normalize, index1, dist1, index2, dist2, problems) -> None:
         _core.nn_search(self._flat(queries), self._flat(gallery), int(queries.shape[1]), self._exclude(exclude),
-                        bool(normalize), self._np(index1), self._np(dist1), self._np(index2), self._np(dist2),
-                        self._np(problems))
+                        bool(normalize), numpy_view(index1), numpy_view(dist1), numpy_view(index2), numpy_view(dist2),
+                        numpy_view(problems))
 
     def nn_vote(self, embeddings, gallery, labels, num_classes, exclude, normalize, counts, embedding_sum,
                 problems) -> None:
-        _core.nn_vote(self._flat(embeddings), self._flat(gallery), int(embeddings.shape[1]), self._np(labels),
-                      num_classes, self._exclude(exclude), bool(normalize), self._np(counts),
-                      self._np(embedding_sum), self._np(problems))
+        _core.nn_vote(self._flat(embeddings), self._flat(gallery), int(embeddings.shape[1]), numpy_view(labels),
+                      num_classes, self._exclude(exclude), bool(normalize), numpy_view(counts),
+                      numpy_view(embedding_sum), numpy_view(problems))
 
     def nn_screen(self, embeddings, gallery, labels, num_classes, exclude, normalize, scores, candidates, rel_error,
                   counts, embedding_sum, nearest, problems) -> None:
         """scores: a float32 or bfloat16 tensor (bfloat16 is passed as its uint16 bit pattern)."""
-        torch = _torch()
+        torch = torch_module()
         scores_np = scores.numpy() if scores.dtype == torch.float32 else scores.view(torch.int16).numpy().view(np.uint16)
-        _core.nn_screen(self._flat(embeddings), self._flat(gallery), int(embeddings.shape[1]), self._np(labels),
+        _core.nn_screen(self._flat(embeddings), self._flat(gallery), int(embeddings.shape[1]), numpy_view(labels),
                         num_classes, self._exclude(exclude), bool(normalize), scores_np, candidates, rel_error,
-                        self._np(counts), self._np(embedding_sum), self._np(nearest), self._np(problems))
+                        numpy_view(counts), numpy_view(embedding_sum), numpy_view(nearest), numpy_view(problems))
 
 
 class CudaBackend:
@@ -199,7 +193,7 @@ class CudaBackend:
 
     @staticmethod
     def _place(t: Any) -> tuple:
-        torch = _torch()
+        torch = torch_module()
         index = t.device.index if t.device.index is not None else torch.cuda.current_device()
         return index, torch.cuda.current_stream(t.device).cuda_stream
 
@@ -208,7 +202,7 @@ class CudaBackend:
         return t.data_ptr() if t is not None else 0
 
     def new_problems(self, like: Any) -> Any:
-        return _torch().zeros(int(_cuda.num_problem_slots), dtype=_torch().int64, device=like.device)
+        return torch_module().zeros(int(_cuda.num_problem_slots), dtype=torch_module().int64, device=like.device)
 
     def read_problems(self, problems: Any) -> Dict[str, int]:
         values = problems.tolist()  # one synchronisation
@@ -217,7 +211,7 @@ class CudaBackend:
     def philox4x32(self, counters: Any, keys: Any) -> Any:
         """counters (m, 4) and keys (m, 2) as int64 tensors holding uint32 values; the output words
         as an int64 tensor (torch has no uint32 arithmetic on CUDA)."""
-        torch = _torch()
+        torch = torch_module()
 
         def as_int32_bits(t):  # uint32 values -> int32 with the same bits (explicit wrap-around)
             return torch.where(t >= 2**31, t - 2**32, t).to(torch.int32).contiguous()
@@ -228,7 +222,7 @@ class CudaBackend:
         return out.to(torch.int64) & 0xFFFFFFFF
 
     def gaussian_noise(self, x: Any, sigma: float, n: int, seed: int, stream: int, start: int, out: Any) -> None:
-        torch = _torch()
+        torch = torch_module()
         out_code = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}[out.dtype]
         _cuda.gaussian_noise(*self._place(x), x.data_ptr(), x.numel(), sigma, n, seed, stream, start,
                              out.data_ptr(), out_code)
@@ -248,7 +242,7 @@ class CudaBackend:
                   counts, embedding_sum, nearest, problems) -> None:
         _cuda.nn_screen(*self._place(embeddings), embeddings.data_ptr(), embeddings.shape[0], gallery.data_ptr(),
                         gallery.shape[0], embeddings.shape[1], labels.data_ptr(), num_classes, self._ptr(exclude),
-                        bool(normalize), scores.data_ptr(), scores.dtype == _torch().bfloat16, candidates, rel_error,
+                        bool(normalize), scores.data_ptr(), scores.dtype == torch_module().bfloat16, candidates, rel_error,
                         counts.data_ptr(), embedding_sum.data_ptr(), nearest.data_ptr(), problems.data_ptr())
 
 

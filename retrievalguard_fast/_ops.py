@@ -53,7 +53,7 @@ def philox4x32(counter: Any, key: Any) -> Any:
         if not arr.is_integer(a):
             raise TypeError(f"{op}: {name} must have an integer dtype, got {arr.dtype_name(a)}")
         if arr.is_tensor(a):
-            a = a.to(arr._torch().int64)  # min/max are not implemented for uint32/uint64 tensors
+            a = a.to(arr.torch_module().int64)  # min/max are not implemented for uint32/uint64 tensors
         if a.size if isinstance(a, np.ndarray) else a.numel():
             lo, hi = int(a.min()), int(a.max())
             if lo < 0 or hi > _UINT32_MAX:
@@ -122,7 +122,7 @@ def gaussian_noise(
         raise ValueError(f"{op}: x has {dim} elements; at most 2**34 are supported per copy")
     shape = (n,) + tuple(x32.shape)
 
-    torch = arr._torch()
+    torch = arr.torch_module()
     if device == "cuda":
         want = torch.float32 if dtype is None else dtype
         if want not in (torch.float32, torch.float16, torch.bfloat16):

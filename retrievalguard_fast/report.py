@@ -26,12 +26,18 @@ CURVE_POINTS = 201
 
 
 def certified_accuracy(predictions: np.ndarray, radii: Sequence[Optional[float]], labels: np.ndarray,
-                       radius: float) -> float:
+                       radius: Any) -> Any:
     """Fraction of queries predicted correctly with a certified radius >= ``radius``
-    (abstentions, None radii, count as failures)."""
+    (abstentions, None radii, count as failures). ``radius`` may also be a sequence: then a list,
+    one fraction per radius."""
     r = np.array([-math.inf if v is None else v for v in radii], dtype=np.float64)
-    ok = (np.asarray(predictions) == np.asarray(labels)) & (r >= radius)
-    return float(ok.mean()) if len(ok) else float("nan")
+    ok = np.asarray(predictions) == np.asarray(labels)
+    at = np.asarray(radius, dtype=np.float64)
+    if len(ok):
+        fractions = (ok[:, None] & (r[:, None] >= at.reshape(1, -1))).mean(axis=0)
+    else:
+        fractions = np.full(at.size, np.nan)
+    return float(fractions[0]) if at.ndim == 0 else [float(v) for v in fractions]
 
 
 def summarize(certs: Sequence[QueryCertificate], radii: Sequence[float], *, ks: Sequence[int] = (1,),
@@ -98,9 +104,7 @@ def _curve(by_cert: dict, labels: np.ndarray, radii: Sequence[float]) -> dict:
     grid = np.linspace(0.0, top, CURVE_POINTS)
     curve = {"radius": [float(g) for g in grid]}
     for name, (pred, rs) in by_cert.items():
-        r = np.array([-math.inf if v is None else v for v in rs], dtype=np.float64)
-        ok = np.asarray(pred) == labels
-        curve[name] = [float((ok & (r >= g)).mean()) if len(ok) else float("nan") for g in grid]
+        curve[name] = certified_accuracy(pred, rs, labels, grid)
     return curve
 
 

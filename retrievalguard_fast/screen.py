@@ -69,7 +69,7 @@ def round_to_tf32(x: Any) -> Any:
     (round or truncate) leaves the values unchanged and the error bound does not depend on it.
     Inputs are finite and far below the overflow threshold (norms are checked).
     """
-    torch = arr._torch()
+    torch = arr.torch_module()
     bits = x.view(torch.int32)
     rounded = (bits + (0x0FFF + ((bits >> 13) & 1))) & -0x2000
     return rounded.view(torch.float32)
@@ -77,7 +77,7 @@ def round_to_tf32(x: Any) -> Any:
 
 def screen_operand(x: Any, precision: str) -> Any:
     """A matmul operand of the screen: TF32-rounded float32, or bfloat16."""
-    return round_to_tf32(x) if precision == "tf32" else x.to(arr._torch().bfloat16)
+    return round_to_tf32(x) if precision == "tf32" else x.to(arr.torch_module().bfloat16)
 
 
 @contextlib.contextmanager
@@ -91,7 +91,7 @@ def screen_matmul_precision(device: Any, precision: str):
     set these and refuses to read a mix of the two, so the flags are set and restored through
     whichever one the caller's process uses.
     """
-    torch = arr._torch()
+    torch = arr.torch_module()
     try:
         old_legacy, legacy = torch.get_float32_matmul_precision(), True
     except RuntimeError:  # the process set the new per-backend flags
@@ -210,7 +210,7 @@ def nn_vote_screened(
 
 def _exact_nearest(backend, rows: Any, gallery: Any, exclude: Any, normalize: bool) -> Any:
     """The exact kernel's nearest gallery index of each row (-1 where none)."""
-    torch = arr._torch()
+    torch = arr.torch_module()
     n = len(rows)
     index1, index2 = (torch.empty(n, dtype=torch.int64, device=rows.device) for _ in range(2))
     dist1, dist2 = (torch.empty(n, dtype=torch.float32, device=rows.device) for _ in range(2))
