@@ -5,7 +5,7 @@ import pytest
 from scipy import stats
 
 from retrievalguard_fast.certificates import vote_radius
-from retrievalguard_fast.stats import clopper_pearson_lower, clopper_pearson_upper, mean_embedding_deviation
+from retrievalguard_fast.stats import MCDIARMID, clopper_pearson_lower, clopper_pearson_upper, mean_embedding_deviation
 
 
 def test_clopper_pearson_matches_scipy_binomtest():
@@ -44,7 +44,7 @@ def test_vote_radius_abstains_when_split_evenly_and_grows_with_n():
 
 def test_mean_embedding_deviation_formula_and_coverage():
     n, alpha = 400, 0.05
-    assert mean_embedding_deviation(n, alpha) == pytest.approx((1 + math.sqrt(2 * math.log(1 / alpha))) / math.sqrt(n))
+    assert mean_embedding_deviation(n, alpha, bound=MCDIARMID) == pytest.approx((1 + math.sqrt(2 * math.log(1 / alpha))) / math.sqrt(n))
     # Unit vectors concentrated around a direction (von Mises-Fisher-like), in 16-d: known mean
     # from a huge sample; the bound must fail in well under alpha of the trials.
     rng = np.random.default_rng(2)

@@ -23,7 +23,7 @@ import numpy as np
 from .certificates import SoftRadii, nearest_label, soft_radii, vote_radius
 from .gallery import Gallery
 from .sequential import FIXED, Schedule, soft_decided, vote_decided
-from .stats import mean_embedding_deviation
+from .stats import BENNETT, deviation_at_least, mean_embedding_deviation
 
 ABSTAIN = -1
 
@@ -44,7 +44,7 @@ class QueryCertificate:
     soft_prediction: int
     soft_gaussian_radius: Optional[float]
     soft_lipschitz_radius: Optional[float]
-    soft_deviation: float  # McDiarmid bound t on |F_hat - F|
+    soft_deviation: float  # the Monte-Carlo bound t on |F_hat - F| (run.json's soft_bound says which)
     soft_recall_at_k: Dict[int, Dict[str, Optional[float]]] = field(default_factory=dict)
     samples: int = 0  # noisy samples drawn for this query (n0 + vote_n)
     seconds: float = 0.0
@@ -104,8 +104,9 @@ def _single_threaded_host_blas():
 
 
 def certify_step(ev: Evidence, g: Gallery, sigma: float, schedule: Schedule,
-                 ks: Sequence[int]) -> Optional[QueryCertificate]:
-    """CERTIFY at one checkpoint: the query's certificates, or None to keep sampling."""
+                 ks: Sequence[int], soft_bound: str = BENNETT) -> Optional[QueryCertificate]:
+    """CERTIFY at one checkpoint: the query's certificates, or None to keep sampling.
+    ``soft_bound`` names the bound on ``|F_hat - F|`` (:data:`~.stats.SOFT_BOUNDS`)."""
     level = schedule.level  # alpha, or alpha / J over the J checkpoints of a sequential schedule
     # Vote model (Cohen et al.): the n0 selection votes choose a label (ties: the lowest), the n
     # fresh votes bound its probability from below.
@@ -114,10 +115,11 @@ def certify_step(ev: Evidence, g: Gallery, sigma: float, schedule: Schedule,
     if not ev.final and not vote_decided(count, ev.n, schedule, sigma):  # cheap: checked first
         return None
     # Soft model (RetrievalGuard): the nearest label of the mean embedding F_hat, radii within the
-    # McDiarmid bound t, which uses all n0 + n samples (it holds for every direction at once).
+    # bound t on |F_hat - F| from all n0 + n samples (it holds for every direction at once).
     samples = ev.n0 + ev.n
     mean = ev.embedding_sum / float(samples)
-    t = mean_embedding_deviation(samples, level, g.dim)
+    norm = float(np.linalg.norm(mean))
+    t = mean_embedding_deviation(samples, level, g.dim, mean_norm=norm, bound=soft_bound)
     with _single_threaded_host_blas():
         radii_of = lambda label, deviation, ks: soft_radii(  # noqa: E731
             mean, deviation, g.embeddings64, g.sq_norms64, g.labels_np, label, sigma, ev.exclude, ks)
@@ -125,8 +127,10 @@ def certify_step(ev: Evidence, g: Gallery, sigma: float, schedule: Schedule,
         radii = radii_of(predicted, t, ks if ev.label == predicted else (1,))
         if not ev.final:
             # Stop unless some asked radius is not certified now but reachable at the cap: the
-            # estimate's upper edge u.F_hat + t with the cap's bound t_cap is deviation t_cap - t.
-            t_cap = mean_embedding_deviation(ev.n0 + schedule.cap, level, g.dim)
+            # estimate's upper edge u.F_hat + t with (a lower bound on) the cap's bound t_cap is
+            # deviation t_cap - t. Here |F| <= |F_hat| + t and |F| >= |F_hat| - t.
+            t_cap = deviation_at_least(ev.n0 + schedule.cap, level, g.dim, norm_of_mean_at_most=norm + t,
+                                       norm_of_mean_at_least=norm - t, bound=soft_bound)
             if not soft_decided(radii.gaussian, radii_of(predicted, t_cap - t, (1,)).gaussian, schedule):
                 return None
         # Recall@K radii are for the true label: when it is the prediction, one call gave both.

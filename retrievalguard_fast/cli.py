@@ -22,6 +22,7 @@ from typing import List, Optional, Sequence
 from .bench import NAMES as _BENCHMARKS
 from .errors import InputError
 from .runstore import DEFAULT_RADII, RESULTS, RunInterrupted
+from .stats import BENNETT, SOFT_BOUNDS
 
 BENCH_NAMES = ("all",) + _BENCHMARKS
 
@@ -79,7 +80,8 @@ def _certify(args, retriever, x, labels, exclude, identity: dict) -> dict:
 
     summary = certify_to_folder(args.out, retriever, x, labels, identity=identity, exclude=exclude, n0=args.n0,
                                 n=args.n, alpha=args.alpha, ks=args.recall_k, mode=args.mode, radii=args.radii,
-                                first_checkpoint=args.first_checkpoint, resume=args.resume, quiet=args.quiet)
+                                first_checkpoint=args.first_checkpoint, soft_bound=args.soft_bound, resume=args.resume,
+                                quiet=args.quiet)
     print_table(summary)
     return summary
 
@@ -170,6 +172,9 @@ def _add_run_options(p: argparse.ArgumentParser, *, sigma: Optional[float], out:
     p.add_argument("--first-checkpoint", type=_positive_int, default=1000,
                    help="sequential mode: the first checkpoint of the doubling schedule (default 1000)")
     p.add_argument("--alpha", type=_unit_interval, default=0.001, help="failure probability per query (default 0.001)")
+    p.add_argument("--soft-bound", choices=list(SOFT_BOUNDS), default=BENNETT,
+                   help="Monte-Carlo bound behind the soft radii: bennett (default; variance-adaptive, never looser) "
+                        "or mcdiarmid (RetrievalGuard's published form)")
     p.add_argument("--batch-size", type=_positive_int, default=2000, help="noisy samples per model call (default 2000)")
     p.add_argument("--seed", type=_seed, default=0, help="noise seed (default 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

@@ -139,7 +139,7 @@ def run_summary(certs: Sequence[QueryCertificate], params: dict, radii: Sequence
     summary["this_session"] = {"queries": int(session_queries), "seconds": session_seconds,
                                "samples_per_second": session_samples / session_seconds
                                if session_seconds > 0 and session_samples else None}
-    return {"parameters": params, "mode": params["mode"], "radii": list(radii), **summary,
+    return {"parameters": params, "mode": params["mode"], "soft_bound": params["soft_bound"], "radii": list(radii), **summary,
             "device": device_text(device), "versions": versions()}
 
 
@@ -157,6 +157,7 @@ def write_reports(out: str, summary: dict) -> None:
         w = csv.writer(f)
         w.writerow(["model", "metric", "radius", "value"])
         w.writerow(["clean", "recall_at_1", 0.0, summary["clean_recall_at_1"]])
+        w.writerow(["soft", "soft_bound", "", summary["soft_bound"]])  # the bound behind gaussian/lipschitz
         for cert, values in summary["certified_recall_at_1"].items():
             for r, v in values.items():
                 w.writerow([cert, "certified_recall_at_1", r, v])
@@ -205,7 +206,8 @@ def plot(summary: dict, path: str) -> None:
     ax.set_ylim(0, 1.02)
     ax.set_xlim(0, curve["radius"][-1])
     ax.grid(alpha=0.3)
-    title = f"Certified Recall@1: sigma={p['sigma']}, n={p['n']}, alpha={p['alpha']}, {summary['num_queries']} queries"
+    title = (f"Certified Recall@1: sigma={p['sigma']}, n={p['n']}, alpha={p['alpha']}, {summary['num_queries']} queries, "
+             f"soft bound {summary['soft_bound']}")
     if p.get("mode") == SEQUENTIAL:
         title += "\nsequential: exact at the asked radii (dots), a lower bound between them"
     ax.set_title(title, fontsize=9)
@@ -218,7 +220,8 @@ def plot(summary: dict, path: str) -> None:
 def print_table(summary: dict) -> None:
     radii = summary["radii"]
     head = "".join(f"{'r=' + format(r, 'g'):>9}" for r in radii)
-    print(f"\ncertified Recall@1 ({summary['num_queries']} queries; clean Recall@1 = {summary['clean_recall_at_1']:.3f})")
+    print(f"\ncertified Recall@1 ({summary['num_queries']} queries; clean Recall@1 = {summary['clean_recall_at_1']:.3f}; "
+          f"soft radii from the {summary['soft_bound']} bound)")
     print(f"  {'certificate':<22}{head}{'abstain':>9}")
     names = {"vote": "vote (Cohen)", "gaussian": "soft, Gaussian", "lipschitz": "soft, Lipschitz"}
     for key, name in names.items():

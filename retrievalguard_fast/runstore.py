@@ -29,6 +29,7 @@ from .errors import InputError, out_of_memory_is_input_error
 from .progress import Progress
 from .report import run_summary, write_reports
 from .sequential import SEQUENTIAL
+from .stats import BENNETT, MCDIARMID
 
 RUN = "run.json"
 RESULTS = "results.jsonl"
@@ -86,6 +87,9 @@ class RunFolder:
         has_results = os.path.exists(self.results_path) and os.path.getsize(self.results_path) > 0
         if os.path.exists(self.run_path) and has_results:
             previous = self._read_params()
+            # Runs recorded before the soft bound became a parameter all used McDiarmid's: such a
+            # folder resumes with --soft-bound mcdiarmid and is refused (naming soft_bound) otherwise.
+            previous.setdefault("soft_bound", MCDIARMID)
             if previous != params:
                 changed = sorted(k for k in set(previous) | set(params) if previous.get(k) != params.get(k))
                 raise InputError(f"--out {self.out} holds results of a run with other parameters ({', '.join(changed)} "
@@ -150,7 +154,8 @@ class RunFolder:
 
 
 def run_parameters(retriever, *, num_queries: int, n0: int, n: int, alpha: float, ks: Sequence[int], mode: str,
-                   radii: Sequence[float], first_checkpoint: int, identity: Dict[str, Any]) -> dict:
+                   radii: Sequence[float], first_checkpoint: int, identity: Dict[str, Any],
+                   soft_bound: str = BENNETT) -> dict:
     """Everything the per-query results depend on (run.json). ``identity`` names the model and
     data (a file digest, a factory name, a data set), so a resume with other inputs is refused."""
     params = {
@@ -163,6 +168,7 @@ def run_parameters(retriever, *, num_queries: int, n0: int, n: int, alpha: float
         # how an interrupted run was resumed; a different batch size may change the last bits.
         "batch_size": retriever.batch_size,
         "mode": mode,
+        "soft_bound": soft_bound,
         "model_stage": retriever.model_stage,
     }
     if mode == SEQUENTIAL:  # the stopping rule depends on the radii and the schedule
@@ -174,7 +180,8 @@ def run_parameters(retriever, *, num_queries: int, n0: int, n: int, alpha: float
 def certify_to_folder(out: str, retriever, queries: Any, labels: Any, *, identity: Dict[str, Any],
                       exclude: Optional[np.ndarray] = None, n0: int = 100, n: int = 10_000, alpha: float = 0.001,
                       ks: Sequence[int] = (1,), mode: str = SEQUENTIAL, radii: Sequence[float] = DEFAULT_RADII,
-                      first_checkpoint: int = 1000, resume: bool = False, quiet: bool = False) -> dict:
+                      first_checkpoint: int = 1000, soft_bound: str = BENNETT, resume: bool = False,
+                      quiet: bool = False) -> dict:
     """Certify ``queries`` (M, *input_shape) with ``retriever`` into the folder ``out`` and
     return the run's summary (also written there as summary.json, summary.csv and a plot).
 
@@ -184,14 +191,15 @@ def certify_to_folder(out: str, retriever, queries: Any, labels: Any, *, identit
     :class:`~.errors.InputError` for a folder in use, of another run, or damaged, and for
     running out of memory; :class:`RunInterrupted` on Ctrl-C (results so far are kept).
     ``mode``: "sequential" (stop each query once every radius in ``radii`` is decided) or
-    "fixed-n"; ``radii`` are also the radii of the summary table.
+    "fixed-n"; ``radii`` are also the radii of the summary table. ``soft_bound``: "bennett"
+    (default) or "mcdiarmid", the bound behind the soft radii (recorded in run.json).
     """
     x = queries if hasattr(queries, "shape") else np.asarray(queries)
     labels = np.asarray(labels, dtype=np.int64)
     m = int(len(x))
     with RunFolder(out) as folder:
         params = run_parameters(retriever, num_queries=m, n0=n0, n=n, alpha=alpha, ks=ks, mode=mode, radii=radii,
-                                first_checkpoint=first_checkpoint, identity=identity)
+                                first_checkpoint=first_checkpoint, identity=identity, soft_bound=soft_bound)
         records = folder.start(params, resume)
         done = {int(r["index"]) for r in records}
         todo = np.array([i for i in range(m) if i not in done], dtype=np.int64)
@@ -207,7 +215,8 @@ def certify_to_folder(out: str, retriever, queries: Any, labels: Any, *, identit
                     for cert in retriever.iter_certify(
                             xt, labels[todo], exclude=None if exclude is None else np.asarray(exclude)[todo],
                             indices=todo, n0=n0, n=n, alpha=alpha, ks=ks, sequential=mode == SEQUENTIAL,
-                            radii=radii, first_checkpoint=min(first_checkpoint, n), on_batch=progress.samples):
+                            radii=radii, first_checkpoint=min(first_checkpoint, n), soft_bound=soft_bound,
+                            on_batch=progress.samples):
                         records.append(folder.append(cert))
                         samples += cert.samples
                         progress.query_done()

@@ -9,7 +9,7 @@ mean normalised embedding (:mod:`~.sampler`). From those it certifies (:mod:`~.c
 - the vote model V (Cohen et al. CERTIFY: ``n0`` selection votes choose the label, ``n`` fresh
   votes bound its probability with Clopper-Pearson), and
 - the soft model S (RetrievalGuard: the nearest gallery label of the mean embedding, with the
-  Gaussian and Lipschitz radii and the McDiarmid Monte-Carlo bound of docs/certification.md
+  Gaussian and Lipschitz radii and the Monte-Carlo bound (Bennett or McDiarmid) of docs/certification.md
   section 3, using all ``n0 + n`` samples, since that bound holds for every direction at once),
 
 beside the clean prediction. Results depend only on the seed, each query's stream index and the
@@ -38,6 +38,7 @@ from .gallery import Gallery
 from .sampler import Sampler
 from .screen import SCREEN_PRECISIONS
 from .sequential import doubling_schedule, fixed_schedule
+from .stats import BENNETT, SOFT_BOUNDS
 
 __all__ = ["SmoothedRetriever", "QueryCertificate", "ABSTAIN"]
 
@@ -177,7 +178,8 @@ class SmoothedRetriever:
     def iter_certify(self, queries: Any, labels: Any = None, *, exclude: Any = None, indices: Any = None,
                      n0: int = 100, n: int = 10_000, alpha: float = 0.001, ks: Sequence[int] = (1,),
                      radii: Optional[Sequence[float]] = None, sequential: bool = False, first_checkpoint: int = 1000,
-                     on_batch: Optional[Callable[[int], None]] = None) -> Iterator[QueryCertificate]:
+                     soft_bound: str = BENNETT, on_batch: Optional[Callable[[int], None]] = None
+                     ) -> Iterator[QueryCertificate]:
         """Certify queries, yielding each :class:`QueryCertificate` as it completes.
 
         ``queries``: (M, *input_shape). ``labels``: true labels (for Recall@K radii and the
@@ -192,12 +194,18 @@ class SmoothedRetriever:
         bound is then taken at level ``alpha / J`` over the ``J`` checkpoints (see
         :mod:`retrievalguard_fast.sequential`). Results are reported at the stopping checkpoint.
 
+        ``soft_bound``: the Monte-Carlo bound on the mean embedding behind every soft radius,
+        "bennett" (default: variance-adaptive, never looser) or "mcdiarmid" (RetrievalGuard's
+        published form); see :func:`~.stats.mean_embedding_deviation`.
+
         Queries share batches: as one stops, the next starts, so batches stay full. Results are
         yielded as queries complete (not necessarily in input order); ``on_batch(samples)`` is
         called after each model batch (progress bars).
         """
         x, labels, exclude, indices, n0, n, alpha, ks = self._check_queries(
             queries, labels, exclude, indices, n0, n, alpha, ks)
+        if soft_bound not in SOFT_BOUNDS:
+            raise ValueError(f"certify: soft_bound must be one of {', '.join(SOFT_BOUNDS)}, got {soft_bound!r}")
         if sequential:
             if radii is None or len(radii) == 0:
                 raise ValueError("certify: sequential=True needs radii (the radii at which to decide each query)")
@@ -210,7 +218,8 @@ class SmoothedRetriever:
             return
         clean = self.clean_predictions(x, exclude)  # also validates the model on these inputs
         sampler = Sampler(self, x, labels, exclude, indices, clean, n0, schedule)
-        yield from sampler.run(lambda evidence: certify_step(evidence, self.gallery, self.sigma, schedule, ks), on_batch)
+        yield from sampler.run(lambda evidence: certify_step(evidence, self.gallery, self.sigma, schedule, ks, soft_bound),
+                               on_batch)
 
     def certify(self, queries: Any, labels: Any = None, **kwargs) -> List[QueryCertificate]:
         """All queries' certificates as a list, in input order (see :meth:`iter_certify`)."""

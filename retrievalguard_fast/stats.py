@@ -8,7 +8,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
+
+# The Monte-Carlo bound on |F_hat - F| behind every soft radius (docs/certification.md, section 3).
+BENNETT = "bennett"  # Pinelis' Bennett inequality in Hilbert space, variance from the same samples
+MCDIARMID = "mcdiarmid"  # the published RetrievalGuard form
+SOFT_BOUNDS = (BENNETT, MCDIARMID)
 
 
 def _check_counts(successes, trials, alpha):
@@ -43,20 +48,119 @@ def clopper_pearson_upper(successes, trials, alpha):
     return np.where(k == n, 1.0, bound)[()]
 
 
-def mean_embedding_deviation(samples: int, alpha: float, dim: int = 0) -> float:
-    """Radius t with ``P[|F_hat - F| <= t] >= 1 - alpha`` for the mean F_hat of ``samples``
-    i.i.d. vectors of norm <= 1 (McDiarmid; docs/certification.md section 3):
+def mcdiarmid_deviation(samples: int, alpha: float) -> float:
+    """McDiarmid's radius ``(1 + sqrt(2 ln(1/alpha))) / sqrt(n)`` on ``|F_hat - F|`` for the mean of
+    ``n`` i.i.d. vectors of norm <= 1 (RetrievalGuard's bound; docs/certification.md, section 3)."""
+    return (1.0 + math.sqrt(2.0 * math.log(1.0 / alpha))) / math.sqrt(samples)
 
-        t = (1 + sqrt(2 ln(1/alpha))) / sqrt(n)
 
-    E|F_hat - F| <= sqrt(E|F_hat - F|^2) <= 1/sqrt(n), and one sample moves |F_hat - F| by at
-    most 2/n, so McDiarmid gives the deviation term. ``dim`` adds the kernels' fixed-point
-    rounding (at most 2^-33 per coordinate) so the bound covers the
-    computed F_hat, not just the exact one (counted twice, 2^-32 per coordinate, to cover the
-    float64 rounding of the normalisation too).
+def _bennett_h(u: float) -> float:
+    """Bennett's function h(u) = (1 + u) ln(1 + u) - u, without cancellation for small u."""
+    if u < 1e-4:
+        return u * u * (0.5 - u * (1.0 / 6.0 - u / 12.0))  # + O(u^5) > 0: alternating, decreasing terms
+    return (1.0 + u) * math.log1p(u) - u
+
+
+def bennett_deviation(samples: int, alpha: float, variance: float, step: float) -> float:
+    """Radius s with ``P[|F_hat - F| >= s] <= alpha`` for the mean ``F_hat`` of ``n`` i.i.d. vectors
+    of a Hilbert space with ``E|f - F|^2 <= variance`` and ``|f - F| <= step`` almost surely.
+
+    Pinelis (1994, Theorem 3.4, a Hilbert space being (2, 1)-smooth):
+    ``P[|S_n| >= r] <= 2 exp(-(b^2/a^2) h(r a / b^2))`` for ``S_n = sum (f_i - F)``,
+    ``b^2 = n variance``, ``a = step``; with ``r = n s`` the exponent is
+    ``E(s) = n (v/a^2) h(a s / v)``, increasing in s. The returned s satisfies
+    ``E(s) >= ln(2/alpha)`` (it is rounded up, never down), and is increasing in ``variance`` and
+    ``step``. Bernstein's ``h(u) >= u^2 / (2 (1 + u/3))`` gives the bracket.
     """
+    if variance <= 0.0:
+        return 0.0  # f = F almost surely
+    n, v, a = float(samples), float(variance), float(step)
+    target = math.log(2.0 / alpha)
+
+    def excess(s: float) -> float:
+        return n * (v / (a * a)) * _bennett_h(a * s / v) - target
+
+    # Bernstein's radius: the root of n s^2 = target (2 v + 2 a s / 3), where E(s) >= target already.
+    c = 2.0 * a * target / 3.0
+    upper = (c + math.sqrt(c * c + 8.0 * n * v * target)) / (2.0 * n)
+    upper *= 1.0 + 1e-12
+    if excess(upper) <= 0.0:  # only by rounding; Bernstein's radius is never below Bennett's
+        return upper * (1.0 + 1e-9)
+    s = optimize.brentq(excess, 0.0, upper, xtol=1e-15, rtol=1e-13)
+    for _ in range(60):  # round up: step above the root until the exponent is reached
+        if excess(s) >= 0.0:
+            return s
+        s = min(upper, s * (1.0 + 1e-12) + 1e-16) if s < upper else upper
+    return upper
+
+
+def _rounding(dim: int) -> float:
+    """The kernels accumulate F_hat in 2^-32 fixed point: at most 2^-33 per coordinate, counted
+    twice (the second half covers the float64 normalisation), so |F_hat_computed - F_hat| <= this."""
+    return math.sqrt(dim) * 2.0**-32
+
+
+def _check(samples: int, alpha: float, bound: str) -> None:
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    return (1.0 + math.sqrt(2.0 * math.log(1.0 / alpha))) / math.sqrt(samples) + math.sqrt(dim) * 2.0**-32
+    if bound not in SOFT_BOUNDS:
+        raise ValueError(f"soft bound must be one of {', '.join(SOFT_BOUNDS)}, got {bound!r}")
+
+
+def uses_bennett(samples: int, alpha: float, bound: str = BENNETT) -> bool:
+    """Whether ``bound`` at this ``(samples, alpha)`` is Bennett's: only where its worst case
+    (variance 1, step 2) is below McDiarmid's. The choice depends on n and alpha alone, never
+    on the samples, so no failure probability is spent on it, and the bound used is never
+    looser than McDiarmid's (for very small n, McDiarmid's is used)."""
+    return bound == BENNETT and bennett_deviation(samples, alpha, 1.0, 2.0) <= mcdiarmid_deviation(samples, alpha)
+
+
+def mean_embedding_deviation(samples: int, alpha: float, dim: int = 0, *, mean_norm: float = None,
+                             bound: str = BENNETT) -> float:
+    """Radius t with ``P[|F_hat - F| <= t] >= 1 - alpha``, where ``F_hat`` is the (computed) mean
+    of ``samples`` i.i.d. vectors of norm <= 1 and ``F`` their expectation
+    (docs/certification.md, section 3).
+
+    ``bound="mcdiarmid"``: ``(1 + sqrt(2 ln(1/alpha))) / sqrt(n)``. ``bound="bennett"`` (the
+    default): Pinelis' Bennett inequality with the unknown variance ``E|f - F|^2 <= 1 - |F|^2``
+    and step ``|f - F| <= 1 + |F|`` bounded from ``mean_norm = |F_hat|`` on the event itself:
+    there ``|F| >= |F_hat| - t``, so t is the largest fixed point of
+    ``s = t_Bennett(1 - (|F_hat| - s)_+^2, min(2, 1 + |F_hat| + s))``, reached from above (every
+    iterate is valid). Without ``mean_norm`` the worst case (variance 1, step 2). Where Bennett's
+    worst case is above McDiarmid's (n below about 100), McDiarmid's is used (:func:`uses_bennett`).
+    ``dim`` adds the kernels' fixed-point rounding of ``F_hat`` (:func:`_rounding`).
+    """
+    _check(samples, alpha, bound)
+    rounding = _rounding(dim)
+    if not uses_bennett(samples, alpha, bound):
+        return mcdiarmid_deviation(samples, alpha) + rounding
+    s = bennett_deviation(samples, alpha, 1.0, 2.0)
+    if mean_norm is None:
+        return s + rounding
+    lower, upper = float(mean_norm) - rounding, float(mean_norm) + rounding  # |F_hat| (exact) is between
+    for _ in range(100):
+        nxt = bennett_deviation(samples, alpha, 1.0 - max(0.0, lower - s) ** 2, min(2.0, 1.0 + upper + s))
+        done = nxt >= s * (1.0 - 1e-7)
+        s = min(s, nxt)  # both are at least the largest fixed point
+        if done:
+            break
+    return s + rounding
+
+
+def deviation_at_least(samples: int, alpha: float, dim: int = 0, *, norm_of_mean_at_most: float,
+                       norm_of_mean_at_least: float, bound: str = BENNETT) -> float:
+    """A lower bound on the radius :func:`mean_embedding_deviation` would report from ``samples``
+    samples, given ``|F|`` between the two norms (for the sequential stopping rule's "most it could
+    reach at the cap": it only decides how many samples are drawn, never validity).
+
+    On the events of both checkpoints the reported radius is at least Bennett's with variance
+    ``1 - min(1, |F|_max)^2`` and step ``1 + |F|_min`` (docs/certification.md, section 5).
+    """
+    _check(samples, alpha, bound)
+    if not uses_bennett(samples, alpha, bound):
+        return mcdiarmid_deviation(samples, alpha) + _rounding(dim)
+    variance = 1.0 - min(1.0, max(0.0, norm_of_mean_at_most)) ** 2
+    step = 1.0 + min(1.0, max(0.0, norm_of_mean_at_least))
+    return bennett_deviation(samples, alpha, variance, step) + _rounding(dim)
