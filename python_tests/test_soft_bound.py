@@ -309,3 +309,45 @@ def test_two_valued_embeddings_never_above_exact():
         r = soft_radii(f_hat, t, g, (g**2).sum(1), np.array([0, 1]), 0, sigma)
         over += r.gaussian > distance
     assert over <= allowed_failures(alpha, runs)
+
+
+# ---------------------------------------------------------------------- recorded in the run
+
+
+def test_the_bound_is_recorded_and_a_resume_with_another_is_refused(tmp_path):
+    import json
+
+    from retrievalguard_fast.cli import build_parser
+    from retrievalguard_fast.digits import load_default_model, load_digits_split
+    from retrievalguard_fast.errors import InputError
+    from retrievalguard_fast.runstore import certify_to_folder
+    from retrievalguard_fast.smoothing import SmoothedRetriever
+
+    data = load_digits_split()
+    model = load_default_model(0.25)
+    retriever = SmoothedRetriever(model, Gallery.from_model(model, data.gallery_x, data.gallery_y), 0.25, batch_size=500)
+    run = dict(identity={"model": "digits"}, n0=20, n=400, mode="fixed-n", quiet=True)
+    summaries = {}
+    for bound in (MCDIARMID, BENNETT):
+        out = tmp_path / bound
+        summaries[bound] = certify_to_folder(str(out), retriever, data.query_x[:6], data.query_y[:6], soft_bound=bound, **run)
+        assert json.loads((out / "run.json").read_text())["soft_bound"] == bound
+        assert json.loads((out / "summary.json").read_text())["soft_bound"] == bound
+        assert f"soft,soft_bound,,{bound}" in (out / "summary.csv").read_text()
+    # Same samples, tighter bound: every soft deviation smaller, no soft radius smaller.
+    recs = {b: [json.loads(line) for line in (tmp_path / b / "results.jsonl").read_text().splitlines()] for b in summaries}
+    for m, b in zip(sorted(recs[MCDIARMID], key=lambda r: r["index"]), sorted(recs[BENNETT], key=lambda r: r["index"])):
+        assert b["soft_deviation"] < m["soft_deviation"]
+        assert (b["soft_gaussian_radius"] or 0) >= (m["soft_gaussian_radius"] or 0)
+        assert b["vote_radius"] == m["vote_radius"]
+    with pytest.raises(InputError, match=r"other parameters \(soft_bound differ"):
+        certify_to_folder(str(tmp_path / MCDIARMID), retriever, data.query_x[:6], data.query_y[:6], resume=True, **run)
+    # A folder written before the option existed (no soft_bound in run.json) was McDiarmid's.
+    params = json.loads((tmp_path / MCDIARMID / "run.json").read_text())
+    del params["soft_bound"]
+    (tmp_path / MCDIARMID / "run.json").write_text(json.dumps(params))
+    again = certify_to_folder(str(tmp_path / MCDIARMID), retriever, data.query_x[:6], data.query_y[:6],
+                              soft_bound=MCDIARMID, resume=True, **run)
+    assert again["certified_recall_at_1"] == summaries[MCDIARMID]["certified_recall_at_1"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--soft-bound", "hoeffding"])
