@@ -123,6 +123,97 @@ def test_bad_arguments_are_named():
         mean_embedding_deviation(0, 0.1)
 
 
+def test_bennett_radius_is_never_below_the_high_precision_root():
+    """The float64 radius against the root of Pinelis' equation in 60-digit arithmetic, with no
+    downward tolerance at all, including extreme alpha, n and variance."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 60
+
+    def root(n, alpha, v, a):
+        n, alpha, v, a = (mpmath.mpf(x) for x in (n, alpha, v, a))
+        e = lambda s: n * v / a**2 * ((1 + a * s / v) * mpmath.log1p(a * s / v) - a * s / v) - mpmath.log(2 / alpha)  # noqa: E731
+        lo, hi = mpmath.mpf(0), mpmath.mpf(10)
+        for _ in range(190):  # bisection: the root is in (lo, hi], hi - lo = 10 / 2^190
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if e(mid) >= 0 else (mid, hi)
+        return hi
+
+    cases = [(n, alpha, v, a) for n in (40, 10**4, 10**9) for alpha in (0.2, 1e-3, 1e-12)
+             for v in (1.0, 0.2, 1e-6, 1e-12) for a in (1.0, 1.9, 2.0)]
+    for case in cases:
+        assert bennett_deviation(*case) >= root(*case), case
+
+
+def test_bennett_radius_grows_with_variance_and_step_and_stays_below_bernstein():
+    """Monotone in the variance and the step (what the fixed point relies on), and never above
+    the Bernstein form of the same theorem (Smale & Zhou 2007, Lemma 2, with the centred step:
+    s <= 2 a ln(2/alpha) / (3n) + sqrt(2 v ln(2/alpha) / n))."""
+    for n in (50, 10**4, 10**7):
+        for alpha in (0.1, 1e-3, 1e-9):
+            variances = [0.0, 1e-9, 1e-4, 0.01, 0.1, 0.5, 1.0]
+            for a in (1.0, 1.5, 2.0):
+                r = [bennett_deviation(n, alpha, v, a) for v in variances]
+                assert r == sorted(r) and r[0] == 0.0
+            for v in variances[1:]:
+                r = [bennett_deviation(n, alpha, v, a) for a in (1.0, 1.2, 1.6, 2.0)]
+                assert r == sorted(r)
+                L = math.log(2 / alpha)
+                assert r[-1] <= 2 * 2.0 * L / (3 * n) + math.sqrt(2 * v * L / n)
+    assert bennett_deviation(100, 0.1, 1e-310, 2.0) > 0  # a tiny variance does not overflow
+
+
+def test_a_mean_norm_beyond_one_is_refused():
+    with pytest.raises(ValueError, match="mean_norm must be in"):
+        mean_embedding_deviation(10**4, 1e-3, 0, mean_norm=1.01)
+    assert mean_embedding_deviation(10**4, 1e-3, 4, mean_norm=1.0 + 2.0**-33) > 0  # rounding allowed
+
+
+def plug_in_deviation(n, alpha, mean_norm):
+    """NOT valid: the variance of F_hat's own law, 1 - |F_hat|^2, used as if it were the truth."""
+    return bennett_deviation(n, alpha, max(0.0, 1.0 - mean_norm**2), 1.0 + mean_norm)
+
+
+def exact_two_point_failure(n, p, alpha, deviation):
+    """Exact P[|F_hat - F| > t(F_hat)] for +e1 / -e1 with probability p / 1 - p (a binomial sum)."""
+    from scipy.stats import binom
+
+    k = np.arange(n + 1)
+    f_hat, f = (2.0 * k - n) / n, 2.0 * p - 1.0
+    fails = np.array([abs(fh - f) > deviation(n, alpha, abs(fh)) for fh in f_hat])
+    return float(binom.pmf(k, n, p)[fails].sum())
+
+
+@pytest.mark.parametrize("p", [0.95, 0.99, 0.995, 0.999])
+def test_exact_coverage_on_two_point_laws(p):
+    """No simulation error: the exact failure probability of the bound on +-e1 laws near |F| = 1,
+    where the variance is smallest and the bound's fixed point matters most, is at most alpha;
+    the plug-in shortcut, invalid, exceeds alpha at p = 0.995 (so this test can see it)."""
+    n, alpha = 300, 0.1
+    ours = exact_two_point_failure(n, p, alpha, lambda n, a, m: mean_embedding_deviation(n, a, 1, mean_norm=m))
+    assert ours <= alpha, ours
+    if p == 0.995:
+        assert exact_two_point_failure(n, p, alpha, plug_in_deviation) > alpha
+
+
+def test_the_stopping_rule_lower_bound_is_below_the_caps_bound():
+    """deviation_at_least (the cap's bound as the stopping rule foresees it) never exceeds what
+    the cap then reports, on simulated streams (it only decides how many samples are drawn)."""
+    rng = np.random.default_rng(17)
+    for kind in ("clustered", "spread", "two-point"):
+        vectors, p = finite_law(kind, rng)
+        level, n_j, n_cap = 1e-3 / 4, 500, 4000
+        for _ in range(200):
+            first = rng.multinomial(n_j, p)
+            f_j = first @ vectors / n_j
+            norm_j = float(np.linalg.norm(f_j))
+            t_j = mean_embedding_deviation(n_j, level, vectors.shape[1], mean_norm=norm_j)
+            f_cap = (first + rng.multinomial(n_cap - n_j, p)) @ vectors / n_cap
+            t_cap = mean_embedding_deviation(n_cap, level, vectors.shape[1], mean_norm=float(np.linalg.norm(f_cap)))
+            foreseen = stats.deviation_at_least(n_cap, level, vectors.shape[1], norm_of_mean_at_most=norm_j + t_j,
+                                                norm_of_mean_at_least=norm_j - t_j)
+            assert foreseen <= t_cap
+
+
 # ---------------------------------------------------------------------- coverage by simulation
 
 

@@ -76,7 +76,8 @@ def bennett_deviation(samples: int, alpha: float, variance: float, step: float) 
     """
     if variance <= 0.0:
         return 0.0  # f = F almost surely
-    n, v, a = float(samples), float(variance), float(step)
+    # A larger variance only enlarges the radius; below 1e-200, a s / v would overflow.
+    n, v, a = float(samples), max(float(variance), 1e-200), float(step)
     target = math.log(2.0 / alpha)
 
     def excess(s: float) -> float:
@@ -143,6 +144,8 @@ def mean_embedding_deviation(samples: int, alpha: float, dim: int = 0, *, mean_n
     s = bennett_deviation(samples, alpha, 1.0, 2.0)
     if mean_norm is None:
         return s + rounding
+    if not 0.0 <= mean_norm <= 1.0 + rounding:
+        raise ValueError(f"mean_norm must be in [0, 1] (the mean of vectors of norm <= 1), got {mean_norm}")
     lower, upper = float(mean_norm) - rounding, float(mean_norm) + rounding  # |F_hat| (exact) is between
     for _ in range(100):
         nxt = bennett_deviation(samples, alpha, 1.0 - max(0.0, lower - s) ** 2, min(2.0, 1.0 + upper + s))
