@@ -6,6 +6,7 @@ All in float64 on the host, with scipy for the beta quantiles (never a hand-writ
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 from scipy import optimize, stats
@@ -122,7 +123,7 @@ def uses_bennett(samples: int, alpha: float, bound: str = BENNETT) -> bool:
     return bound == BENNETT and bennett_deviation(samples, alpha, 1.0, 2.0) <= mcdiarmid_deviation(samples, alpha)
 
 
-def mean_embedding_deviation(samples: int, alpha: float, dim: int = 0, *, mean_norm: float = None,
+def mean_embedding_deviation(samples: int, alpha: float, dim: int = 0, *, mean_norm: Optional[float] = None,
                              bound: str = BENNETT) -> float:
     """Radius t with ``P[|F_hat - F| <= t] >= 1 - alpha``, where ``F_hat`` is the (computed) mean
     of ``samples`` i.i.d. vectors of norm <= 1 and ``F`` their expectation
@@ -134,7 +135,7 @@ def mean_embedding_deviation(samples: int, alpha: float, dim: int = 0, *, mean_n
     there ``|F| >= |F_hat| - t``, so t is the largest fixed point of
     ``s = t_Bennett(1 - (|F_hat| - s)_+^2, min(2, 1 + |F_hat| + s))``, reached from above (every
     iterate is valid). Without ``mean_norm`` the worst case (variance 1, step 2). Where Bennett's
-    worst case is above McDiarmid's (n below about 100), McDiarmid's is used (:func:`uses_bennett`).
+    worst case is above McDiarmid's (n < 33 at alpha = 1e-3), McDiarmid's is used (:func:`uses_bennett`).
     ``dim`` adds the kernels' fixed-point rounding of ``F_hat`` (:func:`_rounding`).
     """
     _check(samples, alpha, bound)
