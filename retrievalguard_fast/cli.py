@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(cert, sigma=None, out=None)
     cert.set_defaults(func=cmd_certify)
     bench = sub.add_parser("bench", help="benchmarks against numpy/torch/faiss baselines, measured in the same run",
-                           usage="python -m retrievalguard_fast bench [{all,kernels,certify,sequential,model-stage}] [options]",
+                           usage="python -m retrievalguard_fast bench [{all,kernels,certify,sequential,model-stage,data}] [options]",
                            description="Run a benchmark; options after the name go to it (e.g. bench kernels --help). "
                                        "Without a name (options alone, e.g. bench --device cpu) runs all: kernels, "
                                        "then certify, each with those options.")
