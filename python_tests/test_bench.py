@@ -41,6 +41,15 @@ def test_bench_model_stage_small(tmp_path):
     assert "bf16 autocast" in out
 
 
+def test_bench_data_small(tmp_path):
+    out = bench(tmp_path, "data", "--root", str(tmp_path / "images"), "--image-size", "64x48", "--images", "40",
+                "--workers", "2", "--batch-size", "8", "--batches", "1", "--memory", "10,30",
+                "--json", str(tmp_path / "d.json"))
+    assert "images decoded/s" in out and "model samples/s" in out and "peak RSS" in out
+    report = json.loads((tmp_path / "d.json").read_text())
+    assert set(report["decoded_per_s"]) == {"0", "2"} and [m["gallery"] for m in report["memory"]] == [10, 30]
+
+
 def test_options_without_a_name_go_to_all(monkeypatch):
     """`bench --device cpu` runs every benchmark of `all` with those options (it used to exit 2)."""
     import retrievalguard_fast.bench as bench_package

@@ -49,6 +49,7 @@ _positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite
 _unit_interval = _number(float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
 _positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
 _seed = _number(int, lambda v: 0 <= v < 2**64, "an integer in [0, 2**64)")
+_count = _number(int, lambda v: v >= 0, "an integer >= 0")
 
 
 def _int_list(text: str) -> List[int]:
@@ -74,14 +75,15 @@ def _radii(text: str) -> List[float]:
 # ---------------------------------------------------------------------- commands
 
 
-def _certify(args, retriever, x, labels, exclude, identity: dict) -> dict:
+def _certify(args, retriever, x, labels, exclude, identity: dict, indices=None, folder=None) -> dict:
     from .report import print_table
     from .runstore import certify_to_folder
 
-    summary = certify_to_folder(args.out, retriever, x, labels, identity=identity, exclude=exclude, n0=args.n0,
-                                n=args.n, alpha=args.alpha, ks=args.recall_k, mode=args.mode, radii=args.radii,
-                                first_checkpoint=args.first_checkpoint, soft_bound=args.soft_bound, resume=args.resume,
-                                quiet=args.quiet)
+    summary = certify_to_folder(args.out if folder is None else folder, retriever, x, labels, identity=identity,
+                                exclude=exclude, indices=indices, n0=args.n0, n=args.n, alpha=args.alpha,
+                                ks=args.recall_k, mode=args.mode, radii=args.radii,
+                                first_checkpoint=args.first_checkpoint, soft_bound=args.soft_bound,
+                                resume=args.resume, quiet=args.quiet)
     print_table(summary)
     return summary
 
@@ -123,20 +125,29 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def load_data(args):
+    """The data options of :func:`_add_data_options` -> :class:`~.inputs.RunData`."""
+    from .inputs import load_run_data
+
+    return load_run_data(queries=args.queries, gallery=args.gallery, dataset=args.dataset, every=args.every,
+                         max_queries=args.max_queries, resize=args.resize, crop=args.crop, workers=args.workers)
+
+
 def cmd_certify(args) -> int:
-    from .inputs import file_digest, load_gallery, load_model, load_queries, resolve_device
+    from .inputs import load_model, resolve_device
+    from .runstore import RunFolder
 
     device = resolve_device(args.device)
-    x, labels, exclude = load_queries(args.queries)
+    data = load_data(args)
     model, model_id = load_model(args.model)
-    gallery = load_gallery(args.gallery, model, device, args.batch_size, labels)
-    if exclude is not None and len(exclude) and (exclude.min() < -1 or exclude.max() >= len(gallery)):
-        raise InputError(f"--queries {args.queries}: exclude values must be in [-1, {len(gallery) - 1}] (gallery size {len(gallery)})")
-    if max(args.recall_k) > len(gallery):
-        raise InputError(f"--recall-k {max(args.recall_k)} exceeds the gallery size {len(gallery)}")
-    identity = {"model": model_id, "queries_sha256": file_digest(args.queries),
-                "gallery_sha256": file_digest(args.gallery)}
-    _certify(args, _retriever(args, model, gallery), x, labels, exclude, identity)
+    if max(args.recall_k) > data.gallery_size:
+        raise InputError(f"--recall-k {max(args.recall_k)} exceeds the gallery size {data.gallery_size}")
+    # The folder is held from here on: the gallery embeddings are cached in it.
+    with RunFolder(args.out) as folder:
+        gallery = data.build_gallery(model, model_id, device, args.batch_size, folder=folder, quiet=args.quiet)
+        identity = {"model": model_id, **data.identity}
+        _certify(args, _retriever(args, model, gallery), data.queries, data.labels, data.exclude, identity,
+                 indices=data.indices, folder=folder)
     return 0
 
 
@@ -194,6 +205,25 @@ def _add_run_options(p: argparse.ArgumentParser, *, sigma: Optional[float], out:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    """Where a run's queries and gallery come from, and how images are read (see :func:`load_data`)."""
+    p.add_argument("--queries", help="the queries: .npz with x (M, *input_shape), labels (M,), optional exclude (M,); "
+                                     "or folder:DIR (one subfolder per class) or list:FILE (CSV path,label)")
+    p.add_argument("--gallery", help=".npz with labels (N,) and embeddings (N, k) or images x (N, *input_shape); "
+                                     "or folder:DIR or list:FILE (the same source as --queries: leave-one-out)")
+    p.add_argument("--dataset", metavar="NAME:ROOT",
+                   help="a benchmark in its published layout, instead of --queries/--gallery: sop:ROOT (Stanford "
+                        "Online Products), cub:ROOT (CUB-200-2011), cars:ROOT (CARS196), inshop:ROOT (In-Shop)")
+    p.add_argument("--every", type=_positive_int, default=1, help="certify every K-th query (default 1: all)")
+    p.add_argument("--max-queries", type=_positive_int, default=None,
+                   help="certify at most the first N queries (after --every); the gallery stays whole")
+    p.add_argument("--resize", type=_count, default=256,
+                   help="images: resize the shorter side to this many pixels (default 256; 0: keep)")
+    p.add_argument("--crop", type=_count, default=224, help="images: centre-crop to this square (default 224; 0: none)")
+    p.add_argument("--workers", type=_count, default=None,
+                   help="images: DataLoader worker processes decoding them (default: the cores, at most 8; 0: none)")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad argument is reported in one line (exit status 2)."""
 
@@ -210,12 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     cert = sub.add_parser("certify", help="certify your own model and data")
     cert.add_argument("--model", required=True, help="a TorchScript file (torch.jit.save) or 'package.module:factory'")
-    cert.add_argument("--queries", required=True, help=".npz with x (M, *input_shape), labels (M,), optional exclude (M,)")
-    cert.add_argument("--gallery", required=True, help=".npz with labels (N,) and embeddings (N, k) or images x (N, *input_shape)")
+    _add_data_options(cert)
     _add_run_options(cert, sigma=None, out=None)
     cert.set_defaults(func=cmd_certify)
     bench = sub.add_parser("bench", help="benchmarks against numpy/torch/faiss baselines, measured in the same run",
-                           usage="python -m retrievalguard_fast bench [{all,kernels,certify,sequential,model-stage}] [options]",
+                           usage="python -m retrievalguard_fast bench [{all,kernels,certify,sequential,model-stage,data}] [options]",
                            description="Run a benchmark; options after the name go to it (e.g. bench kernels --help). "
                                        "Without a name (options alone, e.g. bench --device cpu) runs all: kernels, "
                                        "then certify, each with those options.")

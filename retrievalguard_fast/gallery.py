@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
@@ -60,16 +60,8 @@ class Gallery:
         x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
         if not x.dtype.is_floating_point:
             raise TypeError(f"Gallery.from_model: images must have a floating dtype, got {x.dtype}")
-        device = torch.device(device)
-        model = model.to(device).eval()
-        out = []
-        with torch.inference_mode():
-            for a in range(0, len(x), batch_size):
-                e = model(x[a : a + batch_size].to(device, torch.float32))
-                if e.ndim != 2 or e.shape[0] != min(batch_size, len(x) - a):
-                    raise ValueError(f"Gallery.from_model: the model must return (batch, k) embeddings, got shape {tuple(e.shape)}")
-                out.append(e.float().cpu())
-        return cls(torch.cat(out), labels, normalize=normalize, num_classes=num_classes, device=device)
+        emb = embed_batches(model, (x[a : a + batch_size] for a in range(0, len(x), batch_size)), device)
+        return cls(emb, labels, normalize=normalize, num_classes=num_classes, device=device)
 
     def __len__(self) -> int:
         return self.embeddings.shape[0]
@@ -85,3 +77,20 @@ class Gallery:
         g.embeddings = self.embeddings.to(g.device)
         g.labels = self.labels.to(g.device)
         return g
+
+
+def embed_batches(model: torch.nn.Module, batches: Iterable[torch.Tensor], device: Any = "cpu") -> torch.Tensor:
+    """The clean model's (N, k) float32 embeddings (on the CPU) of image batches given in order.
+
+    Images read from disk come as batches from a loader, arrays as slices: both go through here,
+    so the same images in the same batches give the same embeddings from any source."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    out = []
+    with torch.inference_mode():
+        for batch in batches:
+            e = model(batch.to(device, torch.float32))
+            if e.ndim != 2 or e.shape[0] != len(batch):
+                raise ValueError(f"Gallery.from_model: the model must return (batch, k) embeddings, got shape {tuple(e.shape)}")
+            out.append(e.float().cpu())
+    return torch.cat(out)

@@ -8,7 +8,10 @@ The folder holds
   is cut off on the next open;
 - ``summary.json`` / ``summary.csv`` / ``certified_recall.png``: the reports (:mod:`~.report`);
 - ``.lock``: held (``flock``) by the run using the folder, released when it ends or dies; a
-  second run into the same folder is refused before it changes anything.
+  second run into the same folder is refused before it changes anything;
+- ``gallery-<key>.npz``: the gallery's embeddings by the clean model, when the run embedded gallery
+  images, keyed by everything they depend on (model, data, preprocessing, batch size, device
+  type), so a resume reuses them and a change of any of those computes new ones.
 
 :func:`certify_to_folder` is the library entry point; the CLI calls it.
 """
@@ -16,11 +19,12 @@ The folder holds
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import socket
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -142,6 +146,25 @@ class RunFolder:
                 f.truncate(good_end)
         return records
 
+    def cached_gallery(self, key: Dict[str, Any], compute: Callable[[], np.ndarray]) -> Tuple[np.ndarray, bool]:
+        """The gallery embeddings stored under ``key`` in this folder, or ``compute()``'s, stored
+        (atomically) for the next run; and whether they came from the cache. Files of other keys
+        are left alone: another run's cache is never overwritten."""
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        path = os.path.join(self.out, f"gallery-{digest[:16]}.npz")
+        if os.path.exists(path):
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    if str(data["key"]) == json.dumps(key, sort_keys=True):
+                        return data["embeddings"], True
+            except Exception:  # noqa: BLE001 - a damaged cache is recomputed, never trusted
+                pass
+        embeddings = np.asarray(compute(), dtype=np.float32)
+        with open(path + ".tmp", "wb") as f:
+            np.savez(f, key=np.array(json.dumps(key, sort_keys=True)), embeddings=embeddings)
+        os.replace(path + ".tmp", path)
+        return embeddings, False
+
     def append(self, cert: QueryCertificate) -> dict:
         """Write one certificate's record durably (flush + fsync) before the next query's."""
         if self._out_file is None:
@@ -177,16 +200,38 @@ def run_parameters(retriever, *, num_queries: int, n0: int, n: int, alpha: float
     return params
 
 
-def certify_to_folder(out: str, retriever, queries: Any, labels: Any, *, identity: Dict[str, Any],
-                      exclude: Optional[np.ndarray] = None, n0: int = 100, n: int = 10_000, alpha: float = 0.001,
-                      ks: Sequence[int] = (1,), mode: str = SEQUENTIAL, radii: Sequence[float] = DEFAULT_RADII,
-                      first_checkpoint: int = 1000, soft_bound: str = BENNETT, resume: bool = False,
+def _query_chunks(queries: Any, positions: np.ndarray) -> Iterator[Tuple[np.ndarray, Any]]:
+    """``(positions, images)`` of the queries still to certify: one chunk of an array, or the
+    chunks of a source read as it goes (anything with ``iter_chunks(positions)``, such as
+    :class:`~.datasets.ImageQueries`)."""
+    if hasattr(queries, "iter_chunks"):
+        yield from queries.iter_chunks(positions)
+        return
+    import torch
+
+    if len(positions):
+        yield positions, torch.as_tensor(queries[positions] if isinstance(queries, np.ndarray)
+                                         else queries[torch.as_tensor(positions)])
+
+
+def certify_to_folder(out: Union[str, RunFolder], retriever, queries: Any, labels: Any, *, identity: Dict[str, Any],
+                      exclude: Optional[np.ndarray] = None, indices: Optional[Sequence[int]] = None, n0: int = 100,
+                      n: int = 10_000, alpha: float = 0.001, ks: Sequence[int] = (1,), mode: str = SEQUENTIAL,
+                      radii: Sequence[float] = DEFAULT_RADII, first_checkpoint: int = 1000, soft_bound: str = BENNETT,
+                      resume: bool = False,
                       quiet: bool = False) -> dict:
     """Certify ``queries`` (M, *input_shape) with ``retriever`` into the folder ``out`` and
     return the run's summary (also written there as summary.json, summary.csv and a plot).
 
-    Query ``i`` uses noise stream ``i``. With ``resume=True`` a folder holding part of the same
-    run (same parameters and ``identity``) is continued: its certified queries are kept, the
+    ``queries`` is an array or tensor, or a source read in chunks as they are certified
+    (an object with ``__len__`` and ``iter_chunks(positions)`` yielding ``(positions, images)``,
+    e.g. :class:`~.datasets.ImageQueries`), so that only a chunk is in memory.
+    ``indices``: each query's index in its data set (default 0..M-1): its noise stream and the
+    ``index`` of its record, so a query's result does not depend on which others are selected.
+    ``out``: a folder name, or a :class:`RunFolder` the caller already holds (and closes).
+
+    Query ``i`` uses noise stream ``indices[i]``. With ``resume=True`` a folder holding part of the
+    same run (same parameters and ``identity``) is continued: its certified queries are kept, the
     others certified, and the result is identical to an uninterrupted run. Raises
     :class:`~.errors.InputError` for a folder in use, of another run, or damaged, and for
     running out of memory; :class:`RunInterrupted` on Ctrl-C (results so far are kept).
@@ -194,27 +239,29 @@ def certify_to_folder(out: str, retriever, queries: Any, labels: Any, *, identit
     "fixed-n"; ``radii`` are also the radii of the summary table. ``soft_bound``: "bennett"
     (default) or "mcdiarmid", the bound behind the soft radii (recorded in run.json).
     """
-    x = queries if hasattr(queries, "shape") else np.asarray(queries)
+    if not hasattr(queries, "iter_chunks") and not hasattr(queries, "shape"):
+        queries = np.asarray(queries)
     labels = np.asarray(labels, dtype=np.int64)
-    m = int(len(x))
-    with RunFolder(out) as folder:
+    m = int(len(queries))
+    indices = np.arange(m, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
+    if indices.shape != (m,) or len(np.unique(indices)) != m:
+        raise ValueError(f"certify_to_folder: indices must be {m} distinct integers (one per query), got shape {indices.shape}")
+    folder = RunFolder(out) if isinstance(out, str) else out
+    try:
         params = run_parameters(retriever, num_queries=m, n0=n0, n=n, alpha=alpha, ks=ks, mode=mode, radii=radii,
                                 first_checkpoint=first_checkpoint, identity=identity, soft_bound=soft_bound)
         records = folder.start(params, resume)
         done = {int(r["index"]) for r in records}
-        todo = np.array([i for i in range(m) if i not in done], dtype=np.int64)
+        todo = np.array([k for k in range(m) if int(indices[k]) not in done], dtype=np.int64)
         progress = Progress(m, len(done), quiet=quiet)
         started, samples = time.perf_counter(), 0
         try:
-            if len(todo):
-                import torch
-
-                xt = torch.as_tensor(x[todo] if isinstance(x, np.ndarray) else x[torch.as_tensor(todo)])
-                with out_of_memory_is_input_error("certifying queries in noisy batches of batch_size rows",
-                                                  "batch_size (--batch-size)"):
+            with out_of_memory_is_input_error("certifying queries in noisy batches of batch_size rows",
+                                              "batch_size (--batch-size)"):
+                for positions, xt in _query_chunks(queries, todo):
                     for cert in retriever.iter_certify(
-                            xt, labels[todo], exclude=None if exclude is None else np.asarray(exclude)[todo],
-                            indices=todo, n0=n0, n=n, alpha=alpha, ks=ks, sequential=mode == SEQUENTIAL,
+                            xt, labels[positions], exclude=None if exclude is None else np.asarray(exclude)[positions],
+                            indices=indices[positions], n0=n0, n=n, alpha=alpha, ks=ks, sequential=mode == SEQUENTIAL,
                             radii=radii, first_checkpoint=min(first_checkpoint, n), soft_bound=soft_bound,
                             on_batch=progress.samples):
                         records.append(folder.append(cert))
@@ -229,5 +276,8 @@ def certify_to_folder(out: str, retriever, queries: Any, labels: Any, *, identit
         certs = [QueryCertificate.from_dict(r) for r in sorted(records, key=lambda r: r["index"])]
         summary = run_summary(certs, params, sorted(set(float(r) for r in radii)), device=retriever.device,
                               session_queries=len(todo), session_seconds=seconds, session_samples=samples)
-        write_reports(out, summary)
+        write_reports(folder.out, summary)
+    finally:
+        if folder is not out:
+            folder.close()
     return summary

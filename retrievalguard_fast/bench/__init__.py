@@ -4,10 +4,12 @@ Each one measures the competitor in the same run and prints ratios; figures are 
 benchmarks/RESULTS.md. ``kernels``: nn_vote and gaussian_noise against numpy, torch and faiss;
 ``certify``: the whole certifier against the model alone and a plain-torch loop (digits, or the
 paper-sized ResNet-50 workload on a GPU); ``sequential``: sequential against fixed-n
-certification; ``model-stage``: the model-stage options (bf16, channels-last, compile, batch size).
+certification; ``model-stage``: the model-stage options (bf16, channels-last, compile, batch size);
+``data``: images decoded per second beside model samples per second, and peak memory over a small
+and a large image gallery.
 """
 
-NAMES = ("kernels", "certify", "sequential", "model-stage")
+NAMES = ("kernels", "certify", "sequential", "model-stage", "data")
 
 
 def run(name: str, argv) -> None:
@@ -19,6 +21,8 @@ def run(name: str, argv) -> None:
         from .sequential import main
     elif name == "model-stage":
         from .model_stage import main
+    elif name == "data":
+        from .data import main
     else:
         raise ValueError(f"unknown benchmark {name!r}; expected one of {', '.join(NAMES)}")
     main(argv)
