@@ -1,0 +1,152 @@
+"""One certification run across the ranks of a ``torchrun`` group (docs/design.md, "One run
+across ranks").
+
+torchrun starts the processes, rendezvouses them (c10d, across nodes too) and restarts the group
+after a failure; this module adds only what a certification run needs on top, all through the
+c10d key-value store torch.distributed already runs (no tensors travel between ranks):
+
+- :func:`block_schedule` cuts the queries still to certify into blocks, the same list on every
+  rank; ranks *claim* blocks in turn with the store's atomic counter (:meth:`Group.claim`), so a
+  rank that drew easy queries takes the next block instead of waiting (sequential queries differ
+  in cost by orders of magnitude; a static split would leave ranks idle);
+- waits that cannot hang: every wait polls the store for a failure another rank published
+  (:meth:`Group.fail`) and gives up after ``timeout`` seconds;
+- counters of queries and samples done across ranks, for rank 0's progress line.
+
+Results never depend on the rank: a query's noise is keyed by (seed, query index, sample index).
+Without torchrun's environment (:func:`launched`) nothing here is used.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import timedelta
+from typing import Callable, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+# What torchrun (and any torch.distributed launcher using env://) sets for each worker.
+LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+POLL_SECONDS = 0.05
+
+
+def launched() -> bool:
+    """Whether this process is a rank of a torchrun group."""
+    return all(k in os.environ for k in LAUNCH_ENV)
+
+
+class GroupStopped(Exception):
+    """Another rank of the group failed (its message is in this one), or the group timed out."""
+
+
+def block_schedule(count: int, world: int, min_block: int, max_block: int) -> List[Tuple[int, int]]:
+    """``[start, stop)`` ranges covering ``range(count)``: guided self-scheduling, each block a
+    ``1 / (4 world)`` share of what is left, within ``[min_block, max_block]``. Large blocks first
+    keep claims rare; small ones last keep the ranks' finishing times within about one small block
+    of each other, so none idles long while another works. Deterministic in its arguments: every
+    rank computes the same list and a claim is just a block number."""
+    blocks, start = [], 0
+    while start < count:
+        size = min(max_block, max(min_block, -(-(count - start) // (4 * world))))
+        blocks.append((start, min(count, start + size)))
+        start += size
+    return blocks
+
+
+class Group:
+    """This process's place in the torchrun group and the group's shared store."""
+
+    def __init__(self, store, rank: int, world: int, local_rank: int, timeout: float):
+        self.store, self.rank, self.world, self.local_rank, self.timeout = store, rank, world, local_rank, timeout
+
+    @classmethod
+    def join(cls, timeout: float, cuda: bool) -> "Group":
+        """Join the group torchrun started (``init_process_group`` from its environment; NCCL for
+        CUDA ranks, gloo for CPU ranks) and take its store, namespaced by the run and the restart
+        so counters of an attempt that failed are never read by the next one."""
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout))
+        run = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"retrievalguard/{run}/{attempt}/", dist.distributed_c10d._get_default_store())
+        return cls(store, dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"]), timeout)
+
+    def rank_device(self, device):
+        """The device this rank drives: ``cuda:LOCAL_RANK`` for CUDA (one GPU per rank), as given
+        otherwise."""
+        import torch
+
+        if device.type != "cuda":
+            return device
+        device = torch.device("cuda", self.local_rank)
+        torch.cuda.set_device(device)
+        return device
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    # ------------------------------------------------------------------ failure
+
+    def fail(self, message: str) -> None:
+        """Tell the other ranks this one failed (first failure wins); best effort: the store may
+        already be gone when the launcher is tearing the group down."""
+        try:
+            self.store.compare_set("failed", "", f"rank {self.rank}: {message}")
+        except Exception:  # noqa: BLE001 - reporting a failure must not raise another
+            pass
+
+    def check(self) -> None:
+        """Raise :class:`GroupStopped` if another rank has failed."""
+        if self.store.check(["failed"]):
+            raise GroupStopped(f"stopped: {self.store.get('failed').decode()}")
+
+    # ------------------------------------------------------------------ waiting
+
+    def _wait(self, what: str, ready: Callable[[], bool], on_wait: Optional[Callable[[], None]] = None) -> None:
+        deadline = time.monotonic() + self.timeout
+        while not ready():
+            self.check()
+            if on_wait is not None:
+                on_wait()
+            if time.monotonic() > deadline:
+                raise GroupStopped(f"rank {self.rank}: gave up after {self.timeout:g} s waiting for {what} "
+                                   "(raise --group-timeout if that step is slow)")
+            time.sleep(POLL_SECONDS)
+
+    def announce(self, name: str) -> None:
+        """Rank 0: ``name`` is done (e.g. the folder is locked and checked)."""
+        self.store.set(f"announce/{name}", "1")
+
+    def wait_announced(self, name: str, what: str) -> None:
+        self._wait(what, lambda: self.store.check([f"announce/{name}"]))
+
+    def finish(self) -> None:
+        """This rank has certified its last block."""
+        self.store.add("finished", 1)
+
+    def wait_finished(self, on_wait: Optional[Callable[[], None]] = None) -> None:
+        self._wait("the other ranks to finish their queries", lambda: self.store.add("finished", 0) >= self.world,
+                   on_wait)
+
+    # ------------------------------------------------------------------ work
+
+    def claimed_blocks(self, todo: np.ndarray, min_block: int, max_block: int) -> Iterator[np.ndarray]:
+        """The blocks of ``todo`` this rank claims, one at a time, until none is left."""
+        blocks = block_schedule(len(todo), self.world, min_block, max_block)
+        while True:
+            self.check()
+            claim = self.store.add("next-block", 1) - 1  # atomic: each block goes to exactly one rank
+            if claim >= len(blocks):
+                return
+            start, stop = blocks[claim]
+            yield todo[start:stop]
+
+    def count(self, name: str, amount: int) -> int:
+        """Add ``amount`` to the group's counter ``name``; its new value."""
+        return int(self.store.add(f"count/{name}", amount))
