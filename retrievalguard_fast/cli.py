@@ -144,7 +144,7 @@ def cmd_certify(args) -> int:
     from .runstore import RunFolder
 
     device = resolve_device(args.device)
-    with _group(args, device) as group:
+    with _group(args) as group:
         if group is not None:
             device = group.rank_device(device)
         data = load_data(args)
@@ -168,7 +168,7 @@ def cmd_certify(args) -> int:
 
 
 @contextlib.contextmanager
-def _group(args, device):
+def _group(args):
     """This process's :class:`~.distributed.Group` under torchrun (None otherwise). A failure
     here is published to the other ranks, which then stop instead of waiting for this one."""
     if not launched():
@@ -176,7 +176,7 @@ def _group(args, device):
         return
     from .distributed import Group
 
-    group = Group.join(args.group_timeout, cuda=device.type == "cuda")
+    group = Group.join(args.group_timeout)
     try:
         yield group
     except GroupStopped:
@@ -184,13 +184,16 @@ def _group(args, device):
     except BaseException as exc:
         group.fail(_one_line(exc))
         raise
-    finally:
-        group.close()
 
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{text}" if isinstance(exc, InputError) else f"{type(exc).__name__}: {text}"
+    return text if isinstance(exc, (InputError, ValueError, TypeError)) else f"{type(exc).__name__}: {text}"
+
+
+def _rank() -> str:
+    """``"rank R: "`` under torchrun, where every rank's errors share one console."""
+    return f"rank {os.environ['RANK']}: " if launched() else ""
 
 
 def cmd_bench(args) -> int:
@@ -328,17 +331,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except InputError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_rank()}{exc}", file=sys.stderr)
         return 2
     except (ValueError, TypeError) as exc:
         if args.debug:
             raise
-        print(f"error: {str(exc).splitlines()[0]} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(f"error: {_rank()}{str(exc).splitlines()[0]} (rerun with --debug for the traceback)", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001
         if args.debug or not launched():
             raise
         # Under torchrun every rank's traceback would interleave in one console; one line each.
-        print(f"error: rank {os.environ['RANK']}: {_one_line(exc)} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        print(f"error: {_rank()}{_one_line(exc)} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1

@@ -57,22 +57,29 @@ def block_schedule(count: int, world: int, min_block: int, max_block: int) -> Li
 class Group:
     """This process's place in the torchrun group and the group's shared store."""
 
-    def __init__(self, store, rank: int, world: int, local_rank: int, timeout: float):
+    def __init__(self, store, rank: int, world: int, local_rank: int, timeout: float, run_id: str = "none",
+                 attempt: int = 0):
         self.store, self.rank, self.world, self.local_rank, self.timeout = store, rank, world, local_rank, timeout
+        # torchrun's id of this launch (--rdzv-id; a fresh one with --standalone) and how many
+        # times it has restarted the group: a restarted group continues its own run.
+        self.run_id, self.attempt = run_id, attempt
 
     @classmethod
-    def join(cls, timeout: float, cuda: bool) -> "Group":
-        """Join the group torchrun started (``init_process_group`` from its environment; NCCL for
-        CUDA ranks, gloo for CPU ranks) and take its store, namespaced by the run and the restart
-        so counters of an attempt that failed are never read by the next one."""
+    def join(cls, timeout: float) -> "Group":
+        """Join the group torchrun started: connect to its c10d store (``env://``: the store the
+        launcher's agent serves at MASTER_ADDR:MASTER_PORT), namespaced by the run and the restart
+        so counters of an attempt that failed are never read by the next one.
+
+        No process group (gloo, NCCL) is created: ranks exchange no tensors, only a few counters,
+        and a process group's start-up connects every pair of ranks, one more step that can fail
+        (after a restart, gloo's full mesh was seen to dial the dead attempt's addresses)."""
         import torch.distributed as dist
 
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout))
+        store, rank, world = next(dist.rendezvous("env://", timeout=timedelta(seconds=timeout)))
         run = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        store = dist.PrefixStore(f"retrievalguard/{run}/{attempt}/", dist.distributed_c10d._get_default_store())
-        return cls(store, dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"]), timeout)
+        attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        store = dist.PrefixStore(f"retrievalguard/{run}/{attempt}/", store)
+        return cls(store, rank, world, int(os.environ["LOCAL_RANK"]), timeout, run, attempt)
 
     def rank_device(self, device):
         """The device this rank drives: ``cuda:LOCAL_RANK`` for CUDA (one GPU per rank), as given
@@ -85,26 +92,20 @@ class Group:
         torch.cuda.set_device(device)
         return device
 
-    def close(self) -> None:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
     # ------------------------------------------------------------------ failure
 
     def fail(self, message: str) -> None:
         """Tell the other ranks this one failed (first failure wins); best effort: the store may
         already be gone when the launcher is tearing the group down."""
         try:
-            self.store.compare_set("failed", "", f"rank {self.rank}: {message}")
+            self.store.compare_set("failed", "", f"rank {self.rank} failed: {message}")
         except Exception:  # noqa: BLE001 - reporting a failure must not raise another
             pass
 
     def check(self) -> None:
         """Raise :class:`GroupStopped` if another rank has failed."""
         if self.store.check(["failed"]):
-            raise GroupStopped(f"stopped: {self.store.get('failed').decode()}")
+            raise GroupStopped(f"rank {self.rank} stopped: {self.store.get('failed').decode()}")
 
     # ------------------------------------------------------------------ waiting
 

@@ -11,6 +11,8 @@ The folder holds
   (:mod:`~.distributed`), rank ``r``'s records, written the same way; merged into results.jsonl
   (sorted by index) when every rank is done, and on the next start after an interruption, so a
   resume with any number of ranks (or none) sees every record once;
+- ``.torchrun-run``: the id of the torchrun launch that last certified here, so that the group
+  torchrun restarts after a failure continues the run without ``--resume``;
 - ``.lock``: held (``flock``) by the run using the folder (by rank 0 for a group), released when
   it ends or dies; a second run into the same folder is refused before it changes anything;
 - ``gallery-<key>.npz``: the gallery's embeddings by the clean model, when the run embedded gallery
@@ -44,6 +46,7 @@ RUN = "run.json"
 RESULTS = "results.jsonl"
 RANK_RESULTS = "results.rank-{rank}.jsonl"
 LOCK = ".lock"
+STARTED_BY = ".torchrun-run"
 DEFAULT_RADII = (0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
 
 
@@ -140,6 +143,19 @@ class RunFolder:
             raise InputError(f"{self.run_path} is damaged (not a JSON object); choose a new --out, or delete the "
                              "folder to start over")
         return params
+
+    def started_by(self) -> Optional[str]:
+        """The torchrun launch (run id) that last started certifying into this folder, if any."""
+        try:
+            with open(os.path.join(self.out, STARTED_BY)) as f:
+                return f.read().strip()
+        except OSError:
+            return None
+
+    def mark_started_by(self, run_id: str) -> None:
+        with open(os.path.join(self.out, STARTED_BY + ".tmp"), "w") as f:
+            f.write(run_id + "\n")
+        os.replace(os.path.join(self.out, STARTED_BY + ".tmp"), os.path.join(self.out, STARTED_BY))
 
     def _rank_files(self) -> List[str]:
         return sorted(glob.glob(os.path.join(glob.escape(self.out), RANK_RESULTS.format(rank="*"))))
@@ -332,8 +348,12 @@ def certify_to_folder(out: Union[str, RunFolder], retriever, queries: Any, label
         params = run_parameters(retriever, num_queries=m, n0=n0, n=n, alpha=alpha, ks=ks, mode=mode, radii=radii,
                                 first_checkpoint=first_checkpoint, identity=identity, soft_bound=soft_bound)
         if leader:
-            records = folder.start(params, resume)
+            # A group torchrun restarted (a rank died) continues what its earlier attempt wrote,
+            # without --resume; a folder some other launch wrote still needs --resume.
+            restarted = group is not None and group.attempt > 0 and folder.started_by() == group.run_id
+            records = folder.start(params, resume or restarted)
             if group is not None:
+                folder.mark_started_by(group.run_id)
                 group.announce("started")
         else:  # rank 0 has checked run.json and merged every earlier record into results.jsonl
             group.wait_announced("started", "rank 0 to check --out")
@@ -378,8 +398,11 @@ def certify_to_folder(out: Union[str, RunFolder], retriever, queries: Any, label
             group.finish()
             if not leader:
                 return None
-            group.wait_finished(lambda: progress.group_total(len(done) + group.count("queries", 0),
-                                                             group.count("samples", 0)))
+            def totals():
+                progress.group_total(len(done) + group.count("queries", 0), group.count("samples", 0))
+
+            group.wait_finished(totals)
+            totals()  # the last line: every query done
             samples = group.count("samples", 0)
             records = folder.merge_rank_files()
         progress.close()
