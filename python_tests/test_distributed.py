@@ -168,6 +168,7 @@ def test_ranks_give_the_records_of_one_process(files, tmp_path, single, launched
     assert progress[-1].split("]")[-1].strip().startswith(f"{QUERIES}/{QUERIES} queries")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_queries"] == QUERIES and summary["this_session"]["queries"] == QUERIES
+    assert summary["this_session"]["ranks"] == ranks and 0 <= summary["this_session"]["rank_idle_fraction"] < 1
 
 
 def test_two_launchers_as_two_nodes(files, tmp_path, single, launched):

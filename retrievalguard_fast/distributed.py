@@ -128,8 +128,18 @@ class Group:
         self._wait(what, lambda: self.store.check([f"announce/{name}"]))
 
     def finish(self) -> None:
-        """This rank has certified its last block."""
+        """This rank has certified its last block (and when, for :meth:`idle_fraction`)."""
+        self.store.set(f"finished-at/{self.rank}", repr(time.time()))
         self.store.add("finished", 1)
+
+    def idle_fraction(self, started: float) -> float:
+        """Rank 0, once all finished: the largest share of the run's certifying time (from
+        ``started``, a ``time.time()``, to the last rank's finish) that a rank spent done while
+        another still worked; the measure of the balancing. Reads wall clocks of every rank: across
+        machines it is as good as their clock synchronisation."""
+        ends = [float(self.store.get(f"finished-at/{r}").decode()) for r in range(self.world)]
+        span = max(ends) - started
+        return max(max(ends) - e for e in ends) / span if span > 0 else 0.0
 
     def wait_finished(self, on_wait: Optional[Callable[[], None]] = None) -> None:
         self._wait("the other ranks to finish their queries", lambda: self.store.add("finished", 0) >= self.world,

@@ -369,7 +369,7 @@ def certify_to_folder(out: Union[str, RunFolder], retriever, queries: Any, label
             per_query = n0 + (n if mode != SEQUENTIAL else min(n, first_checkpoint))
             min_block = max(1, -(-4 * retriever.batch_size // per_query))
             blocks = group.claimed_blocks(todo, min(min_block, _BLOCK_MAX), _BLOCK_MAX)
-        started, samples, certified = time.perf_counter(), 0, 0
+        started, started_wall, samples, certified = time.perf_counter(), time.time(), 0, 0
         try:
             with out_of_memory_is_input_error("certifying queries in noisy batches of batch_size rows",
                                               "batch_size (--batch-size)"):
@@ -404,12 +404,16 @@ def certify_to_folder(out: Union[str, RunFolder], retriever, queries: Any, label
             group.wait_finished(totals)
             totals()  # the last line: every query done
             samples = group.count("samples", 0)
+            idle = group.idle_fraction(started_wall)
             records = folder.merge_rank_files()
         progress.close()
         seconds = time.perf_counter() - started
         certs = [QueryCertificate.from_dict(r) for r in sorted(records, key=lambda r: r["index"])]
         summary = run_summary(certs, params, sorted(set(float(r) for r in radii)), device=retriever.device,
                               session_queries=len(todo), session_seconds=seconds, session_samples=samples)
+        if group is not None:
+            summary["this_session"]["ranks"] = group.world
+            summary["this_session"]["rank_idle_fraction"] = idle
         write_reports(folder.out, summary)
     finally:
         if folder is not out:
