@@ -13,6 +13,7 @@ traceback); Ctrl-C exits with status 130, keeping every result so far.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import sys
 from typing import List, Optional, Sequence
 
 from .bench import NAMES as _BENCHMARKS
+from .distributed import GroupStopped, launched
 from .errors import InputError
 from .runstore import DEFAULT_RADII, RESULTS, RunInterrupted
 from .stats import BENNETT, SOFT_BOUNDS
@@ -75,7 +77,7 @@ def _radii(text: str) -> List[float]:
 # ---------------------------------------------------------------------- commands
 
 
-def _certify(args, retriever, x, labels, exclude, identity: dict, indices=None, folder=None) -> dict:
+def _certify(args, retriever, x, labels, exclude, identity: dict, indices=None, folder=None, group=None):
     from .report import print_table
     from .runstore import certify_to_folder
 
@@ -83,8 +85,9 @@ def _certify(args, retriever, x, labels, exclude, identity: dict, indices=None, 
                                 exclude=exclude, indices=indices, n0=args.n0, n=args.n, alpha=args.alpha,
                                 ks=args.recall_k, mode=args.mode, radii=args.radii,
                                 first_checkpoint=args.first_checkpoint, soft_bound=args.soft_bound,
-                                resume=args.resume, quiet=args.quiet)
-    print_table(summary)
+                                resume=args.resume, quiet=args.quiet, group=group)
+    if summary is not None:  # None on the ranks other than 0 of a torchrun group
+        print_table(summary)
     return summary
 
 
@@ -103,6 +106,9 @@ def cmd_demo(args) -> int:
     from .inputs import resolve_device
     from .report import device_text
 
+    if launched():
+        raise InputError("demo runs in one process; under torchrun use certify (see README, 'Across GPUs and "
+                         "machines')")
     device = resolve_device(args.device)
     # Rerunning the demo into the same folder continues (or just re-reports) the same run: its
     # results are identical by construction. Other parameters into that folder are still refused.
@@ -138,17 +144,56 @@ def cmd_certify(args) -> int:
     from .runstore import RunFolder
 
     device = resolve_device(args.device)
-    data = load_data(args)
-    model, model_id = load_model(args.model)
-    if max(args.recall_k) > data.gallery_size:
-        raise InputError(f"--recall-k {max(args.recall_k)} exceeds the gallery size {data.gallery_size}")
-    # The folder is held from here on: the gallery embeddings are cached in it.
-    with RunFolder(args.out) as folder:
-        gallery = data.build_gallery(model, model_id, device, args.batch_size, folder=folder, quiet=args.quiet)
-        identity = {"model": model_id, **data.identity}
-        _certify(args, _retriever(args, model, gallery), data.queries, data.labels, data.exclude, identity,
-                 indices=data.indices, folder=folder)
+    with _group(args) as group:
+        if group is not None:
+            device = group.rank_device(device)
+        data = load_data(args)
+        model, model_id = load_model(args.model)
+        if max(args.recall_k) > data.gallery_size:
+            raise InputError(f"--recall-k {max(args.recall_k)} exceeds the gallery size {data.gallery_size}")
+        rank = None if group is None else group.rank
+        # The folder is held from here on (by rank 0 for a group): the gallery embeddings are
+        # cached in it, computed once by rank 0 and read there by the other ranks.
+        with RunFolder(args.out, rank=rank, world=1 if group is None else group.world) as folder:
+            if rank:
+                group.wait_announced("gallery", "rank 0 to lock --out and embed the gallery")
+            gallery = data.build_gallery(model, model_id, device, args.batch_size, folder=folder,
+                                         quiet=args.quiet or bool(rank))
+            if rank == 0:
+                group.announce("gallery")
+            identity = {"model": model_id, **data.identity}
+            _certify(args, _retriever(args, model, gallery), data.queries, data.labels, data.exclude, identity,
+                     indices=data.indices, folder=folder, group=group)
     return 0
+
+
+@contextlib.contextmanager
+def _group(args):
+    """This process's :class:`~.distributed.Group` under torchrun (None otherwise). A failure
+    here is published to the other ranks, which then stop instead of waiting for this one."""
+    if not launched():
+        yield None
+        return
+    from .distributed import Group
+
+    group = Group.join(args.group_timeout)
+    try:
+        yield group
+    except GroupStopped:
+        raise
+    except BaseException as exc:
+        group.fail(_one_line(exc))
+        raise
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text if isinstance(exc, (InputError, ValueError, TypeError)) else f"{type(exc).__name__}: {text}"
+
+
+def _rank() -> str:
+    """``"rank R: "`` under torchrun, where every rank's errors share one console."""
+    return f"rank {os.environ['RANK']}: " if launched() else ""
 
 
 def cmd_bench(args) -> int:
@@ -175,8 +220,11 @@ def _add_run_options(p: argparse.ArgumentParser, *, sigma: Optional[float], out:
     p.add_argument("--sigma", type=_positive_float, default=sigma, required=sigma is None,
                    help="noise standard deviation in the model's input space" + (f" (default {sigma})" if sigma else ""))
     p.add_argument("--n0", type=_positive_int, default=100, help="selection samples per query (default 100)")
-    p.add_argument("--n", type=_positive_int, default=10_000,
-                   help="certification samples per query; the cap in sequential mode (default 10000)")
+    # --num-samples, not --n, in documentation: torchrun's own parser reads abbreviations of its
+    # options anywhere on its command line, and "--n" is ambiguous there (--nnodes, --nproc-per-node).
+    p.add_argument("--num-samples", "--n", dest="n", type=_positive_int, default=10_000,
+                   help="certification samples per query; the cap in sequential mode (default 10000; --n is an "
+                        "alias, not usable under torchrun)")
     p.add_argument("--mode", choices=["sequential", "fixed-n"], default="sequential",
                    help="sequential (default): stop each query once every --radii value is certified or out of "
                         "reach (bounds at alpha/checkpoints); fixed-n: always draw n samples")
@@ -203,6 +251,12 @@ def _add_run_options(p: argparse.ArgumentParser, *, sigma: Optional[float], out:
                         "matmul and verified (identical results; faster on GPUs with large galleries)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _add_group_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--group-timeout", type=_positive_float, default=1800.0,
+                   help="under torchrun: seconds a rank waits for the others (rank 0 embedding the gallery, the "
+                        "last ranks finishing) before the run stops (default 1800)")
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -242,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     cert.add_argument("--model", required=True, help="a TorchScript file (torch.jit.save) or 'package.module:factory'")
     _add_data_options(cert)
     _add_run_options(cert, sigma=None, out=None)
+    _add_group_options(cert)
     cert.set_defaults(func=cmd_certify)
     bench = sub.add_parser("bench", help="benchmarks against numpy/torch/faiss baselines, measured in the same run",
                            usage="python -m retrievalguard_fast bench [{all,kernels,certify,sequential,model-stage,data}] [options]",
@@ -270,13 +325,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except RunInterrupted as exc:
         print(exc, file=sys.stderr)
         return 130
+    except GroupStopped as exc:  # another rank failed and said why; this one only stops
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except InputError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_rank()}{exc}", file=sys.stderr)
         return 2
     except (ValueError, TypeError) as exc:
         if args.debug:
             raise
-        print(f"error: {str(exc).splitlines()[0]} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(f"error: {_rank()}{str(exc).splitlines()[0]} (rerun with --debug for the traceback)", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001
+        if args.debug or not launched():
+            raise
+        # Under torchrun every rank's traceback would interleave in one console; one line each.
+        print(f"error: {_rank()}{_one_line(exc)} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1

@@ -25,12 +25,22 @@ class Progress:
             self.bar.set_postfix_str(f"{rate:,.0f} samples/s", refresh=False)
 
     def query_done(self) -> None:
-        self.done += 1
+        self._set_done(self.done + 1)
+
+    def group_total(self, done: int, samples: int) -> None:
+        """The totals of a run across ranks (rank 0 shows them): queries done and samples drawn
+        by every rank, instead of this process's own. Called often: it prints as rarely as ever."""
+        self.samples_seen = samples
+        self._set_done(done)
+
+    def _set_done(self, done: int) -> None:
+        previous, self.done = self.done, done
         if self.bar is not None:
-            self.bar.update(1)
+            if done != previous:
+                self.bar.update(done - previous)
             return
         now = time.perf_counter()
-        if not self.quiet and (now - self.last >= 10 or self.done == self.total):
+        if not self.quiet and (now - self.last >= 10 or (done == self.total and previous < done)):
             elapsed = now - self.start
             rate = self.samples_seen / max(elapsed, 1e-9)
             print(f"[{time.strftime('%H:%M:%S')}] {self.done}/{self.total} queries, {rate:,.0f} samples/s, "

@@ -7,8 +7,14 @@ The folder holds
   query finishes, so a kill (even SIGKILL) loses at most the query in flight; a torn last line
   is cut off on the next open;
 - ``summary.json`` / ``summary.csv`` / ``certified_recall.png``: the reports (:mod:`~.report`);
-- ``.lock``: held (``flock``) by the run using the folder, released when it ends or dies; a
-  second run into the same folder is refused before it changes anything;
+- ``results.rank-<r>.jsonl``: in a run across the ranks of a torchrun group
+  (:mod:`~.distributed`), rank ``r``'s records, written the same way; merged into results.jsonl
+  (sorted by index) when every rank is done, and on the next start after an interruption, so a
+  resume with any number of ranks (or none) sees every record once;
+- ``.torchrun-run``: the id of the torchrun launch that last certified here, so that the group
+  torchrun restarts after a failure continues the run without ``--resume``;
+- ``.lock``: held (``flock``) by the run using the folder (by rank 0 for a group), released when
+  it ends or dies; a second run into the same folder is refused before it changes anything;
 - ``gallery-<key>.npz``: the gallery's embeddings by the clean model, when the run embedded gallery
   images, keyed by everything they depend on (model, data, preprocessing, batch size, device
   type), so a resume reuses them and a change of any of those computes new ones.
@@ -19,6 +25,7 @@ The folder holds
 from __future__ import annotations
 
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -37,7 +44,9 @@ from .stats import BENNETT, MCDIARMID
 
 RUN = "run.json"
 RESULTS = "results.jsonl"
+RANK_RESULTS = "results.rank-{rank}.jsonl"
 LOCK = ".lock"
+STARTED_BY = ".torchrun-run"
 DEFAULT_RADII = (0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
 
 
@@ -46,17 +55,28 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 class RunFolder:
-    """Exclusive use of one run's folder: its lock, parameters and results."""
+    """Use of one run's folder: its lock, parameters and results.
 
-    def __init__(self, out: str):
-        self.out = out
+    ``rank``: None for a run in one process; a torchrun rank otherwise. Rank 0 (and a single
+    process) holds the folder's lock and owns run.json and results.jsonl; the other ranks of the
+    group are covered by rank 0's lock (they never take it: it would refuse them) and write only
+    their own ``results.rank-<r>.jsonl``, after rank 0 has checked the folder."""
+
+    def __init__(self, out: str, rank: Optional[int] = None, world: int = 1):
+        self.out, self.rank = out, rank
         self.run_path = os.path.join(out, RUN)
         self.results_path = os.path.join(out, RESULTS)
+        self.append_path = self.results_path if rank is None else os.path.join(out, RANK_RESULTS.format(rank=rank))
+        self._out_file = None
+        self._lock = None
         try:
             os.makedirs(out, exist_ok=True)
-            self._lock = open(os.path.join(out, LOCK), "a+")
+            if rank in (None, 0):
+                self._lock = open(os.path.join(out, LOCK), "a+")
         except OSError as exc:
             raise InputError(f"--out {out}: cannot use this folder ({exc.strerror})") from None
+        if self._lock is None:
+            return
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -67,15 +87,15 @@ class RunFolder:
                              "or choose another --out") from None
         self._lock.seek(0)
         self._lock.truncate()
-        self._lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        group = "" if rank is None else f"rank 0 of a {world}-rank torchrun group, "
+        self._lock.write(f"{group}pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         self._lock.flush()
-        self._out_file = None
 
     def close(self) -> None:
         if self._out_file is not None:
             self._out_file.close()
             self._out_file = None
-        if not self._lock.closed:
+        if self._lock is not None and not self._lock.closed:
             self._lock.close()  # releases the flock
 
     def __enter__(self) -> "RunFolder":
@@ -87,8 +107,10 @@ class RunFolder:
     # ------------------------------------------------------------------ parameters and results
 
     def start(self, params: dict, resume: bool) -> List[dict]:
-        """Check (or record) the run's parameters; the records already certified here."""
-        has_results = os.path.exists(self.results_path) and os.path.getsize(self.results_path) > 0
+        """Check (or record) the run's parameters; the records already certified here (the rank
+        files of an interrupted group run merged into results.jsonl first). The lock holder's."""
+        has_results = any(os.path.getsize(p) > 0 for p in [self.results_path, *self._rank_files()]
+                          if os.path.exists(p))
         if os.path.exists(self.run_path) and has_results:
             previous = self._read_params()
             # Runs recorded before the soft bound became a parameter all used McDiarmid's: such a
@@ -107,7 +129,7 @@ class RunFolder:
             with open(self.run_path + ".tmp", "w") as f:
                 json.dump(params, f, indent=2)
             os.replace(self.run_path + ".tmp", self.run_path)
-        return self._read_results()
+        return self.merge_rank_files()
 
     def _read_params(self) -> dict:
         try:
@@ -122,28 +144,55 @@ class RunFolder:
                              "folder to start over")
         return params
 
-    def _read_results(self) -> List[dict]:
-        """Complete records of results.jsonl; a torn last line (from a kill) is cut off the file."""
-        if not os.path.exists(self.results_path):
-            return []
-        with open(self.results_path, "rb") as f:
-            data = f.read()
-        records, good_end, pos = [], 0, 0
-        while pos < len(data):
-            nl = data.find(b"\n", pos)
-            if nl < 0:
-                break  # a last line without its newline was being written when the run stopped
-            try:
-                records.append(json.loads(data[pos:nl]))
-            except ValueError:
-                if data[nl + 1 :].strip():
-                    raise InputError(f"{self.results_path}: line {len(records) + 1} is corrupt and is not the last "
-                                     "line; the file was edited or damaged, start a new --out") from None
-                break
-            pos = good_end = nl + 1
-        if good_end < len(data):
-            with open(self.results_path, "r+b") as f:
-                f.truncate(good_end)
+    def started_by(self) -> Optional[str]:
+        """The torchrun launch (run id) that last started certifying into this folder, if any."""
+        try:
+            with open(os.path.join(self.out, STARTED_BY)) as f:
+                return f.read().strip()
+        except OSError:
+            return None
+
+    def mark_started_by(self, run_id: str) -> None:
+        with open(os.path.join(self.out, STARTED_BY + ".tmp"), "w") as f:
+            f.write(run_id + "\n")
+        os.replace(os.path.join(self.out, STARTED_BY + ".tmp"), os.path.join(self.out, STARTED_BY))
+
+    def _rank_files(self) -> List[str]:
+        return sorted(glob.glob(os.path.join(glob.escape(self.out), RANK_RESULTS.format(rank="*"))))
+
+    def read_results(self) -> List[dict]:
+        """The records of results.jsonl, for the ranks that do not hold the lock: rank 0 has
+        merged and repaired it before they read it, and nobody writes it while they run."""
+        return _read_records(self.results_path, repair=False)
+
+    def merge_rank_files(self) -> List[dict]:
+        """Every record in results.jsonl and the rank files, each index once, as results.jsonl;
+        the rank files are then removed. The lock holder's, while no rank writes.
+
+        Crash-safe at every step: the merged file replaces results.jsonl atomically (written and
+        fsync'ed beside it first), and a rank file is removed only after that, so a kill in
+        between leaves records in both places, which the next merge counts once (a query's record
+        is the same wherever it was written)."""
+        records = _read_records(self.results_path, repair=True)
+        rank_files = self._rank_files()
+        if not rank_files:
+            return records  # a run in one process: results.jsonl as it was appended
+        seen = {int(r["index"]) for r in records}
+        for path in rank_files:
+            for r in _read_records(path, repair=True):
+                if int(r["index"]) not in seen:
+                    seen.add(int(r["index"]))
+                    records.append(r)
+        records.sort(key=lambda r: int(r["index"]))
+        tmp = self.results_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.results_path)
+        _fsync_dir(self.out)
+        for path in rank_files:
+            os.remove(path)
         return records
 
     def cached_gallery(self, key: Dict[str, Any], compute: Callable[[], np.ndarray]) -> Tuple[np.ndarray, bool]:
@@ -165,15 +214,56 @@ class RunFolder:
         os.replace(path + ".tmp", path)
         return embeddings, False
 
+    def close_results(self) -> None:
+        """Close the file this process appends to (its records are already durable)."""
+        if self._out_file is not None:
+            self._out_file.close()
+            self._out_file = None
+
     def append(self, cert: QueryCertificate) -> dict:
         """Write one certificate's record durably (flush + fsync) before the next query's."""
         if self._out_file is None:
-            self._out_file = open(self.results_path, "a")
+            self._out_file = open(self.append_path, "a")
         record = cert.to_dict()
         self._out_file.write(json.dumps(record) + "\n")
         self._out_file.flush()
         os.fsync(self._out_file.fileno())
         return record
+
+
+def _read_records(path: str, repair: bool) -> List[dict]:
+    """Complete records of a results file; a torn last line (from a kill) is ignored, and with
+    ``repair`` cut off the file."""
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as f:
+        data = f.read()
+    records, good_end, pos = [], 0, 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            break  # a last line without its newline was being written when the run stopped
+        try:
+            records.append(json.loads(data[pos:nl]))
+        except ValueError:
+            if data[nl + 1 :].strip():
+                raise InputError(f"{path}: line {len(records) + 1} is corrupt and is not the last "
+                                 "line; the file was edited or damaged, start a new --out") from None
+            break
+        pos = good_end = nl + 1
+    if repair and good_end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+    return records
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a rename in ``path`` durable (POSIX: the directory entry is data of the directory)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def run_parameters(retriever, *, num_queries: int, n0: int, n: int, alpha: float, ks: Sequence[int], mode: str,
@@ -218,8 +308,7 @@ def certify_to_folder(out: Union[str, RunFolder], retriever, queries: Any, label
                       exclude: Optional[np.ndarray] = None, indices: Optional[Sequence[int]] = None, n0: int = 100,
                       n: int = 10_000, alpha: float = 0.001, ks: Sequence[int] = (1,), mode: str = SEQUENTIAL,
                       radii: Sequence[float] = DEFAULT_RADII, first_checkpoint: int = 1000, soft_bound: str = BENNETT,
-                      resume: bool = False,
-                      quiet: bool = False) -> dict:
+                      resume: bool = False, quiet: bool = False, group=None) -> Optional[dict]:
     """Certify ``queries`` (M, *input_shape) with ``retriever`` into the folder ``out`` and
     return the run's summary (also written there as summary.json, summary.csv and a plot).
 
@@ -238,6 +327,13 @@ def certify_to_folder(out: Union[str, RunFolder], retriever, queries: Any, label
     ``mode``: "sequential" (stop each query once every radius in ``radii`` is decided) or
     "fixed-n"; ``radii`` are also the radii of the summary table. ``soft_bound``: "bennett"
     (default) or "mcdiarmid", the bound behind the soft radii (recorded in run.json).
+
+    ``group``: a :class:`~.distributed.Group` when this process is one rank of a torchrun run
+    (``out`` then a :class:`RunFolder` of that rank). Every rank calls this with the same
+    arguments; rank 0 checks the folder and merges the results of an interrupted run, all ranks
+    claim blocks of the remaining queries, rank 0 merges the rank files and writes the reports
+    once all are done. Rank 0 returns the summary, the other ranks None. The records are the
+    same as one process's, whatever the number of ranks.
     """
     if not hasattr(queries, "iter_chunks") and not hasattr(queries, "shape"):
         queries = np.asarray(queries)
@@ -247,37 +343,93 @@ def certify_to_folder(out: Union[str, RunFolder], retriever, queries: Any, label
     if indices.shape != (m,) or len(np.unique(indices)) != m:
         raise ValueError(f"certify_to_folder: indices must be {m} distinct integers (one per query), got shape {indices.shape}")
     folder = RunFolder(out) if isinstance(out, str) else out
+    leader = group is None or group.rank == 0
     try:
         params = run_parameters(retriever, num_queries=m, n0=n0, n=n, alpha=alpha, ks=ks, mode=mode, radii=radii,
                                 first_checkpoint=first_checkpoint, identity=identity, soft_bound=soft_bound)
-        records = folder.start(params, resume)
+        if leader:
+            # A group torchrun restarted (a rank died) continues what its earlier attempt wrote,
+            # without --resume; a folder some other launch wrote still needs --resume.
+            restarted = group is not None and group.attempt > 0 and folder.started_by() == group.run_id
+            records = folder.start(params, resume or restarted)
+            if group is not None:
+                folder.mark_started_by(group.run_id)
+                group.announce("started")
+        else:  # rank 0 has checked run.json and merged every earlier record into results.jsonl
+            group.wait_announced("started", "rank 0 to check --out")
+            records = folder.read_results()
         done = {int(r["index"]) for r in records}
         todo = np.array([k for k in range(m) if int(indices[k]) not in done], dtype=np.int64)
-        progress = Progress(m, len(done), quiet=quiet)
-        started, samples = time.perf_counter(), 0
+        progress = Progress(m, len(done), quiet=quiet or not leader)
+        if group is None:
+            blocks: Iterator[np.ndarray] = iter([todo])
+        else:
+            # Blocks of at least ~4 model batches (a block's last batch is partly empty) and at
+            # most _BLOCK_MAX queries (one image chunk's worth in memory).
+            per_query = n0 + (n if mode != SEQUENTIAL else min(n, first_checkpoint))
+            min_block = max(1, -(-4 * retriever.batch_size // per_query))
+            blocks = group.claimed_blocks(todo, min(min_block, _BLOCK_MAX), _BLOCK_MAX)
+        started, started_wall, samples, certified = time.perf_counter(), time.time(), 0, 0
         try:
             with out_of_memory_is_input_error("certifying queries in noisy batches of batch_size rows",
                                               "batch_size (--batch-size)"):
-                for positions, xt in _query_chunks(queries, todo):
-                    for cert in retriever.iter_certify(
-                            xt, labels[positions], exclude=None if exclude is None else np.asarray(exclude)[positions],
-                            indices=indices[positions], n0=n0, n=n, alpha=alpha, ks=ks, sequential=mode == SEQUENTIAL,
-                            radii=radii, first_checkpoint=min(first_checkpoint, n), soft_bound=soft_bound,
-                            on_batch=progress.samples):
-                        records.append(folder.append(cert))
-                        samples += cert.samples
-                        progress.query_done()
+                for block in blocks:
+                    for positions, xt in _query_chunks(queries, block):
+                        for cert in retriever.iter_certify(
+                                xt, labels[positions], exclude=None if exclude is None else np.asarray(exclude)[positions],
+                                indices=indices[positions], n0=n0, n=n, alpha=alpha, ks=ks,
+                                sequential=mode == SEQUENTIAL, radii=radii, first_checkpoint=min(first_checkpoint, n),
+                                soft_bound=soft_bound, on_batch=progress.samples):
+                            record = folder.append(cert)
+                            if group is None:
+                                records.append(record)
+                            samples += cert.samples
+                            certified += 1
+                            if group is None:
+                                progress.query_done()
+                            else:
+                                _group_query_done(group, cert.samples, progress, len(done))
         except KeyboardInterrupt:
             progress.close()
-            raise RunInterrupted(f"interrupted: {len(records)} of {m} queries are saved in {folder.results_path}; "
+            raise RunInterrupted(f"interrupted: {len(done) + certified} of {m} queries are saved in {folder.append_path}; "
                                  "rerun with --resume to continue") from None
+        if group is not None:
+            folder.close_results()
+            group.finish()
+            if not leader:
+                return None
+            def totals():
+                progress.group_total(len(done) + group.count("queries", 0), group.count("samples", 0))
+
+            group.wait_finished(totals)
+            totals()  # the last line: every query done
+            samples = group.count("samples", 0)
+            idle = group.idle_fraction(started_wall)
+            records = folder.merge_rank_files()
         progress.close()
         seconds = time.perf_counter() - started
         certs = [QueryCertificate.from_dict(r) for r in sorted(records, key=lambda r: r["index"])]
         summary = run_summary(certs, params, sorted(set(float(r) for r in radii)), device=retriever.device,
                               session_queries=len(todo), session_seconds=seconds, session_samples=samples)
+        if group is not None:
+            summary["this_session"]["ranks"] = group.world
+            summary["this_session"]["rank_idle_fraction"] = idle
         write_reports(folder.out, summary)
     finally:
         if folder is not out:
             folder.close()
     return summary
+
+
+# The most queries one claimed block holds: large blocks early keep claims rare, but an image
+# block is read into memory whole (in chunks of datasets.QUERY_CHUNK), so it is bounded.
+_BLOCK_MAX = 256
+
+
+def _group_query_done(group, samples: int, progress: Progress, done_before: int) -> None:
+    """Count a query in the group's totals (rank 0 shows them), and stop if another rank failed."""
+    queries = group.count("queries", 1)
+    total_samples = group.count("samples", samples)
+    if group.rank == 0:
+        progress.group_total(done_before + queries, total_samples)
+    group.check()
