@@ -138,15 +138,43 @@ class RunFolder:
                 f.truncate(good_end)
         return records
 
-    def append(self, cert: QueryCertificate) -> dict:
-        """Write one certificate's record durably (flush + fsync) before the next query's."""
+    def append(self, cert) -> dict:
+        """Write one record durably (flush + fsync) before the next query's: a
+        :class:`QueryCertificate` or any JSON-ready dict with an ``index`` (the attack's)."""
         if self._out_file is None:
             self._out_file = open(self.results_path, "a")
-        record = cert.to_dict()
+        record = cert if isinstance(cert, dict) else cert.to_dict()
         self._out_file.write(json.dumps(record) + "\n")
         self._out_file.flush()
         os.fsync(self._out_file.fileno())
         return record
+
+
+def read_run(folder: str, what: str) -> tuple:
+    """The parameters and complete records of a run folder, read only (no lock is taken: a
+    run still writing there only means fewer records; a torn last line is skipped, not cut)."""
+    run_path, results_path = os.path.join(folder, RUN), os.path.join(folder, RESULTS)
+    if not os.path.isfile(run_path) or not os.path.isfile(results_path):
+        raise InputError(f"{what} {folder}: expected a results folder of certify (with {RUN} and {RESULTS})")
+    try:
+        with open(run_path) as f:
+            params = json.load(f)
+        records = []
+        with open(results_path) as f:
+            lines = f.read().split("\n")
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                if i < len(lines) - 1:
+                    raise
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{what} {folder}: unreadable run ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(params, dict) or not all(isinstance(r, dict) and "index" in r for r in records):
+        raise InputError(f"{what} {folder}: {RUN} or {RESULTS} is not what certify writes")
+    return params, records
 
 
 def run_parameters(retriever, *, num_queries: int, n0: int, n: int, alpha: float, ks: Sequence[int], mode: str,
