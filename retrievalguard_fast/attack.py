@@ -453,6 +453,9 @@ def certified_records(folder: str, identity: dict, sigma: float, num_queries: in
     from .runstore import read_run
 
     params, records = read_run(folder, "--certified")
+    if params.get("command", "certify") != "certify" or any("vote_radius" not in r for r in records):
+        raise InputError(f"--certified {folder}: not a folder of certify results (it holds {params.get('command')!r} "
+                         "records); pass the --out of a certify run")
     differ = [k for k in identity if k in params and params[k] != identity[k]]
     differ += [k for k in identity if k not in params]
     if params.get("sigma") != sigma:
