@@ -286,7 +286,9 @@ class Attacker:
         rows += len(eps) * per
         best = final.view(len(radii), k).argmax(1)
         chosen = delta.view((len(radii), k) + shape)[torch.arange(len(radii), device=self.device), best]
-        return x[None] + chosen, rows
+        # Clamped again: x + (clamp(x + d) - x) may round one ulp past a bound; clamping moves
+        # towards the query (inside the bounds), so it never lengthens the perturbation.
+        return (x[None] + chosen).clamp(*self.c.clip), rows
 
     def checked_norm(self, x: torch.Tensor, x_adv: torch.Tensor, radius: float) -> float:
         """The perturbation's l2 norm in float64, checked against the radius and the pixel bounds
