@@ -313,7 +313,9 @@ def _attack_args(files, out, *extra):
 
 
 @pytest.mark.slow
-def test_attack_records_resume_and_the_soundness_alarm(files, tmp_path):
+def test_attack_records_resume_and_the_soundness_alarm(files, tmp_path, capsys):
+    from retrievalguard_fast.cli import main
+
     data = np.load(files / "queries.npz")
     np.savez(files / "queries3.npz", x=data["x"][:3], labels=data["labels"][:3])
     cert = tmp_path / "cert"
@@ -337,8 +339,7 @@ def test_attack_records_resume_and_the_soundness_alarm(files, tmp_path):
     assert (out / "attack_vs_certified.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The folder holds this run: again without --resume is refused; a resume after losing the
     # last two records redoes exactly them, identically (each query's randomness is its own).
-    again = cli(*_attack_args(files, out), cwd=tmp_path, check=False)
-    assert again.returncode == 2 and "--resume" in again.stderr
+    assert main(list(_attack_args(files, out))) == 2 and "--resume" in capsys.readouterr().err
     lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
     (out / "results.jsonl").write_text(lines[0] + lines[1][:20])  # a torn second line
     cli(*_attack_args(files, out, "--resume", "--quiet"), cwd=tmp_path)
@@ -354,15 +355,21 @@ def test_attack_records_resume_and_the_soundness_alarm(files, tmp_path):
     alarm = cli(*_attack_args(files, out, "--resume", "--certified", str(fake)), cwd=tmp_path, check=False)
     assert alarm.returncode == 1 and "SOUNDNESS ALARM" in alarm.stdout, alarm.stdout + alarm.stderr
     assert json.loads((out / "summary.json").read_text())["certified"]["alarm"]["by_model"]["vote"]["broken_inside_radius"] >= 1
-    # Bad input: one line, status 2, the records untouched.
+    # Bad input (in this process: each check ends before any attack): one line, status 2, the
+    # records untouched.
     before = (out / "results.jsonl").read_bytes()
-    for extra, message in ((("--clip", "0.5,1"), "outside --clip"), (("--clip", "1,0"), "low < high"),
-                           (("--models", "vote,nope"), "subset of vote,soft,base"),
-                           (("--certified", str(tmp_path / "missing")), "--certified"),
-                           (("--certified", str(out)), "--certified")):
-        bad = cli(*_attack_args(files, out, "--resume", *extra), cwd=tmp_path, check=False)
-        assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, (extra, bad.stderr)
-    other_sigma = cli(*[a if a != "0.25" else "0.3" for a in _attack_args(files, tmp_path / "o2", "--certified", str(cert))],
-                      cwd=tmp_path, check=False)
-    assert other_sigma.returncode == 2 and "sigma" in other_sigma.stderr
+    capsys.readouterr()
+    other_sigma = [a if a != "0.25" else "0.3" for a in _attack_args(files, tmp_path / "o2", "--certified", str(cert))]
+    for argv, message in ((_attack_args(files, out, "--resume", "--clip", "0.5,1"), "outside --clip"),
+                          (_attack_args(files, out, "--resume", "--certified", str(tmp_path / "missing")), "--certified"),
+                          (_attack_args(files, out, "--resume", "--certified", str(out)), "not a folder of certify"),
+                          (other_sigma, "sigma")):
+        assert main(list(argv)) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    for extra, message in ((("--clip", "1,0"), "low < high"), (("--models", "vote,nope"), "subset of vote,soft,base")):
+        with pytest.raises(SystemExit) as exit_:
+            main(list(_attack_args(files, out, "--resume", *extra)))
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, (extra, err)
     assert (out / "results.jsonl").read_bytes() == before
