@@ -2,10 +2,11 @@
 
 ``demo`` certifies the embedded default (scikit-learn's digits and a shipped noise-trained
 model); ``certify`` runs a user's model and data; ``attack`` attacks them (:mod:`~.attack`,
-the empirical upper bound beside the certificates). Both certify into ``--out`` through
-:func:`~.runstore.certify_to_folder` (run.json, results.jsonl, summary.json / .csv, the plot;
-see :mod:`~.runstore`) and print the table of :mod:`~.report`. This module only parses arguments
-and calls those.
+the empirical upper bound beside the certificates). ``demo`` and ``certify`` certify into
+``--out`` through :func:`~.runstore.certify_to_folder` (run.json, results.jsonl, summary.json /
+.csv, the plot; see :mod:`~.runstore`), ``attack`` attacks into it through
+:func:`~.attack.attack_to_folder`; each prints its table of :mod:`~.report`. This module only
+parses arguments and calls those.
 
 Errors in the input exit with status 2 and one line saying what is wrong (``--debug`` shows the
 traceback); Ctrl-C exits with status 130, keeping every result so far.
