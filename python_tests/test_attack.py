@@ -1,123 +1,212 @@
-"""Empirical check of the certificates against an attack: PGD with expectation over the noise
-(EOT) on the smoothed models of a small trained digits model, inside each certified radius.
+"""The attack (retrievalguard_fast.attack): PGD with expectation over the noise against the soft,
+vote and base models, and the soundness alarm.
 
-A certificate is broken only when the attacked point's smoothed prediction is *significantly*
-different from the certified one: for the vote model, the Clopper-Pearson upper bound (at 1e-3)
-on the certified label's probability falls below 1/2; for the soft model, every positive gallery
-row is beaten by some negative even after the Monte-Carlo bound. The trial count is printed.
+- A closed-form half-space model, whose smoothed models' true robust radius is the distance to
+  the plane: the attack breaks the query at 1.1x that radius and never at 0.9x.
+- Digits: empirical robust Recall@1 >= certified Recall@1 at every radius, no certified query
+  broken inside its radius, and a fake certifier that doubles every radius is caught.
+- The pieces: the break tests, the surrogate's gradient far from the boundary, the projection.
 """
+
+import math
 
 import numpy as np
 import pytest
 import torch
 
-from retrievalguard_fast import gaussian_noise, nn_vote
+from retrievalguard_fast.attack import (AttackConfig, Attacker, empirical_recall, soundness_alarm, soft_break_margin,
+                                        vote_break_test, vote_surrogate_loss)
 from retrievalguard_fast.digits import DigitsEmbeddingNet, load_digits_split
 from retrievalguard_fast.gallery import Gallery
+from retrievalguard_fast.report import certified_accuracy
 from retrievalguard_fast.smoothing import SmoothedRetriever
-from retrievalguard_fast.stats import clopper_pearson_upper, mean_embedding_deviation
+
+# ---------------------------------------------------------------------- the half-space model
+
+
+class HalfSpace(torch.nn.Module):
+    """Embedding (scale (w.x + b), 1): with the gallery {(1, 0): label 0, (-1, 0): label 1} the
+    1-NN label is 0 iff w.x + b > 0. Both smoothed models are the same half-space (F's first
+    coordinate is an odd, increasing function of w.x + b under symmetric noise), so with |w| = 1
+    the true robust radius of x is exactly w.x + b, the distance to the plane."""
+
+    def __init__(self, w, b, scale=2.0):
+        super().__init__()
+        self.register_buffer("w", torch.as_tensor(w, dtype=torch.float32))
+        self.b, self.scale = float(b), float(scale)
+
+    def forward(self, x):
+        s = self.scale * (x.flatten(1) @ self.w + self.b)
+        return torch.stack([s, torch.ones_like(s)], dim=1)
+
+
+def half_space_queries(dim=16, count=3, distance=1.0, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(dim)
+    w /= np.linalg.norm(w)
+    b = 0.3
+    # Points at the given distance on the label-0 side: x = x0 + (distance - (w.x0 + b)) w.
+    x0 = rng.uniform(-1, 1, size=(count, dim))
+    x = x0 + (distance - (x0 @ w + b))[:, None] * w[None, :]
+    assert np.allclose(x @ w + b, distance)
+    gallery = Gallery(np.array([[1.0, 0.0], [-1.0, 0.0]]), np.array([0, 1]))
+    return HalfSpace(w, b), gallery, x.astype(np.float32)
+
+
+@pytest.mark.parametrize("model", ["vote", "soft"])
+def test_half_space_is_broken_just_beyond_its_true_radius_and_never_inside(model):
+    true_radius, sigma = 1.0, 0.25
+    net, gallery, x = half_space_queries(distance=true_radius)
+    retriever = SmoothedRetriever(net, gallery, sigma, batch_size=4000, seed=3)
+    config = AttackConfig(radii=(0.9 * true_radius, 1.1 * true_radius), models=(model, "base"), steps=10, eot=16,
+                          restarts=2, clip=(-10.0, 10.0), n0=1000, n=10_000, alpha=0.001, seed=7)
+    attacker = Attacker(retriever, config)
+    for i in range(len(x)):
+        rec = attacker.attack_query(x[i], i, label=0)
+        for name in (model, "base"):
+            r = rec[name]
+            assert r["reference"] == 0
+            inside, beyond = r["tests"][0], r["tests"][1]
+            assert not inside["broken"]  # never at 0.9x: impossible, and the test is at level alpha
+            assert inside["norm"] <= 0.9 * true_radius and beyond["norm"] <= 1.1 * true_radius
+            assert beyond["broken"], (name, rec)  # always at 1.1x
+            assert r["break_radius"] == pytest.approx(1.1 * true_radius)
+            # PGD went straight across the plane: the break is at the ball's edge, not short of it.
+            assert beyond["norm"] > 1.1 * true_radius * (1 - 1e-3)
+        if model == "vote":
+            assert rec["vote"]["tests"][1]["rival"] == 1
+        else:
+            assert rec["soft"]["tests"][1]["prediction"] == 1
+
+
+# ---------------------------------------------------------------------- the pieces
+
+
+def test_vote_break_test_is_a_sign_test_against_the_strongest_rival():
+    sel = np.array([50, 10, 40, 0])
+    # the rival is chosen by the selection votes (label 2), never the reference
+    r = vote_break_test(sel, np.array([400, 0, 600, 0]), 0, 0.001)
+    assert r["rival"] == 2 and r["broken"] and r["rival_share_lower"] > 0.5
+    # p_ref < 1/2 is not enough: the reference may still be the most voted label
+    r = vote_break_test(sel, np.array([400, 300, 300, 0]), 0, 0.001)
+    assert not r["broken"]
+    # a near tie is not significant
+    assert not vote_break_test(sel, np.array([495, 0, 505, 0]), 0, 0.001)["broken"]
+    # the screen only excludes points whose rival is surely weaker
+    assert vote_break_test(sel, np.array([55, 0, 45, 0]), 0, 0.01, bound="upper")["broken"]
+    assert not vote_break_test(sel, np.array([90, 0, 10, 0]), 0, 0.01, bound="upper")["broken"]
+
+
+def test_soft_break_margin_on_two_rows():
+    g = Gallery(np.array([[1.0, 0.0], [-1.0, 0.0]]), np.array([0, 1]))
+    # F = (-0.2, 0): u = (1, 0), tau = 0, so tau - u.F = 0.2; broken iff t < 0.2
+    assert soft_break_margin(np.array([-0.2, 0.0]), 0.1, g, 0) == pytest.approx(0.1 - 1e-9)
+    assert soft_break_margin(np.array([-0.2, 0.0]), 0.3, g, 0) < 0
+    assert soft_break_margin(np.array([0.2, 0.0]), 0.0, g, 0) < 0
+    assert soft_break_margin(np.array([-0.2, 0.0]), 0.0, g, 0, exclude=1) == -math.inf  # no negative left
+    assert soft_break_margin(np.array([-0.2, 0.0]), 0.0, g, 2) == math.inf  # the label has no row
+
+
+def test_vote_surrogate_has_a_gradient_far_from_the_boundary():
+    """Every draw votes the reference with probability 1 - 1e-40 (beyond float32), yet the loss
+    is finite and its gradient points towards the other label."""
+    g = Gallery(np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]]), np.array([0, 1, 1]))
+    e = torch.tensor([[[1.0, 0.0], [0.99, 0.141]]], requires_grad=True)
+    loss = vote_surrogate_loss(e, g, 0, -1, temperature=0.02)
+    assert torch.isfinite(loss).all() and float(loss.detach()) < -50
+    (grad,) = torch.autograd.grad(loss.sum(), e)
+    assert torch.isfinite(grad).all() and float(grad[0, :, 0].sum()) < 0  # away from g_0
+
+
+def test_projection_respects_the_ball_and_the_clip():
+    net, gallery, x = half_space_queries(dim=8, count=1)
+    x = np.clip(x, 0.0, 1.0)  # a query inside the bounds
+    retriever = SmoothedRetriever(net, gallery, 0.25, batch_size=256)
+    attacker = Attacker(retriever, AttackConfig(radii=(0.5, 3.0), models=("base",), steps=5, restarts=3,
+                                                clip=(0.0, 1.0), seed=1))
+    xt = torch.from_numpy(x[0])
+    points, rows = attacker.pgd("base", xt, 0, -1, torch.Generator().manual_seed(0))
+    assert rows == 2 * 3 * (5 + 1)
+    for p, radius in zip(points, (0.5, 3.0)):
+        assert float(p.min()) >= 0.0 and float(p.max()) <= 1.0
+        assert attacker.checked_norm(xt, p, radius) <= radius
+    with pytest.raises(RuntimeError, match="left its constraints"):
+        attacker.checked_norm(xt, xt + 1.0, 0.5)
+
+
+# ---------------------------------------------------------------------- digits
+
 
 SIGMA = 0.25
+RADII = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5)
 
 
 @pytest.fixture(scope="module")
-def setup():
+def digits_run():
+    """A small noise-trained digits model, 12 certified queries and the attack on them."""
     from retrievalguard_fast.training import train_embedding_model
 
     torch.manual_seed(0)
     data = load_digits_split(seed=1)
     model = train_embedding_model(DigitsEmbeddingNet(), data.gallery_x, data.gallery_y, sigma=SIGMA, epochs=15, seed=1)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model, Gallery.from_model(model, data.gallery_x, data.gallery_y), data
-
-
-def class_logits(emb, gallery, temperature=0.05):
-    """Differentiable surrogate of 1-NN retrieval: per class, logsumexp of -|e - g|^2 / T."""
-    d = ((emb[:, None, :] - gallery.embeddings[None, :, :]) ** 2).sum(-1)
-    scores = -d / temperature
-    out = torch.full((emb.shape[0], gallery.num_classes), -1e9)
-    for c in range(gallery.num_classes):
-        out[:, c] = torch.logsumexp(scores[:, gallery.labels == c], dim=1)
-    return out
-
-
-def pgd_eot(model, gallery, x, label, radius, soft, steps=20, samples=64, seed=0):
-    """Maximise the loss of the certified label within the l2 ball of `radius`."""
-    gen = torch.Generator().manual_seed(seed)
-    delta = torch.zeros_like(x, requires_grad=True)
-    step = 2.5 * radius / steps
-    for _ in range(steps):
-        noise = torch.randn((samples,) + tuple(x.shape), generator=gen) * SIGMA
-        emb = torch.nn.functional.normalize(model(x[None] + delta[None] + noise), dim=1)
-        if soft:  # attack the mean embedding F
-            emb = emb.mean(0, keepdim=True)
-        loss = torch.nn.functional.cross_entropy(class_logits(emb, gallery), torch.full((emb.shape[0],), label))
-        (grad,) = torch.autograd.grad(loss, delta)
-        with torch.no_grad():
-            delta += step * grad / (grad.norm() + 1e-12)
-            norm = delta.norm()
-            if norm > 0.99 * radius:
-                delta *= 0.99 * radius / norm
-    return (x + delta).detach()
-
-
-def smoothed_evidence(model, gallery, x_adv, label, m=20000, seed=99):
-    """Vote counts and mean embedding of the smoothed models at x_adv (fresh noise stream)."""
-    noisy = gaussian_noise(x_adv, SIGMA, m, seed=seed, stream=0)
-    with torch.inference_mode():
-        emb = model(noisy)
-    counts, sums = nn_vote(emb, gallery.embeddings, gallery.labels, gallery.num_classes)
-    return counts.numpy(), sums.numpy() / m
-
-
-def soft_significantly_broken(mean, gallery, label, m):
-    """True when every positive is beaten by some negative even at the edge of the MC bound."""
-    t = mean_embedding_deviation(m, 1e-3, gallery.dim)
-    g, n2, labels = gallery.embeddings64, gallery.sq_norms64, gallery.labels_np
-    pos, neg = g[labels == label], g[labels != label]
-    n2p, n2n = n2[labels == label], n2[labels != label]
-    sep = np.sqrt(np.maximum(n2p[:, None] + n2n[None, :] - 2 * pos @ neg.T, 1e-30))
-    uf = (pos @ mean)[:, None] - (neg @ mean)[None, :]
-    uf = uf / sep
-    tau = (n2p[:, None] - n2n[None, :]) / (2 * sep)
-    beaten = (uf + t < tau).any(axis=1)  # u.F <= u.F_hat + t < tau: b surely closer than p
-    return bool(beaten.all())
-
-
-def test_pgd_eot_never_breaks_a_certificate(setup):
-    model, gallery, data = setup
+    gallery = Gallery.from_model(model, data.gallery_x, data.gallery_y)
     q, y = data.query_x[:12], data.query_y[:12]
-    certs = SmoothedRetriever(model, gallery, SIGMA, batch_size=5000, seed=5).certify(q, y, n0=100, n=5000, alpha=0.001)
-    trials = broken = 0
-    for i, c in enumerate(certs):
-        x = torch.from_numpy(q[i])
-        for soft, pred, radius in ((False, c.vote_prediction, c.vote_radius), (True, c.soft_prediction, c.soft_gaussian_radius)):
-            if pred < 0 or radius is None:
-                continue
-            x_adv = pgd_eot(model, gallery, x, pred, radius, soft, seed=i)
-            assert float((x_adv - x).norm()) < radius
-            counts, mean = smoothed_evidence(model, gallery, x_adv, pred)
-            trials += 1
-            if soft:
-                broken += soft_significantly_broken(mean, gallery, pred, 20000)
-            else:
-                broken += float(clopper_pearson_upper(int(counts[pred]), int(counts.sum()), 1e-3)) < 0.5
-    print(f"\nPGD-EOT inside certified radii: {trials} attacks (vote + soft), {broken} certificates broken")
-    assert trials >= 12  # the check is not vacuous
-    assert broken == 0
+    retriever = SmoothedRetriever(model, gallery, SIGMA, batch_size=2000, seed=5)
+    certs = retriever.certify(q, y, n0=100, n=5000, alpha=0.001)
+    config = AttackConfig(radii=RADII, steps=10, eot=16, restarts=1, n0=500, n=4000, alpha=0.001, seed=11)
+    attacker = Attacker(retriever, config)
+    records = [attacker.attack_query(q[i], i, int(y[i])) for i in range(len(q))]
+    return certs, records, y
 
 
-def test_the_attack_has_teeth_beyond_the_radius(setup):
-    """The same attack with a much larger budget does flip smoothed predictions, so the zero
-    above means the certificates held, not that the attack is weak."""
-    model, gallery, data = setup
-    q, y = data.query_x[:6], data.query_y[:6]
-    flipped = 0
-    for i in range(len(q)):
-        x = torch.from_numpy(q[i])
-        x_adv = pgd_eot(model, gallery, x, int(y[i]), 3.0, soft=False, seed=i)
-        counts, _ = smoothed_evidence(model, gallery, x_adv, int(y[i]), m=5000)
-        flipped += int(np.argmax(counts)) != int(y[i])
-    print(f"\nPGD-EOT with l2 budget 3.0: {flipped}/{len(q)} smoothed predictions flipped")
-    assert flipped >= 3
+@pytest.mark.slow
+def test_digits_attack_brackets_the_certificates_from_above(digits_run):
+    certs, records, y = digits_run
+    certified = {c.index: c.to_dict() for c in certs}
+    for model, pred, radius in (("vote", "vote_prediction", "vote_radius"), ("soft", "soft_prediction", "soft_gaussian_radius")):
+        empirical = empirical_recall(records, model, RADII)
+        lower = certified_accuracy(np.array([getattr(c, pred) for c in certs]), [getattr(c, radius) for c in certs], y, RADII)
+        print(f"\n{model}: certified {np.round(lower, 3)}, empirical {[round(v, 3) for v in empirical.values()]}")
+        for r, lo in zip(RADII, lower):
+            assert empirical[str(float(r))] >= lo, (model, r)
+    alarm = soundness_alarm(records, certified)
+    assert alarm["broken_inside_radius"] == 0, alarm["cases"]
+    assert alarm["by_model"]["vote"]["certified"] >= 9 and alarm["by_model"]["soft"]["certified"] >= 9
+    # The zero above is not for want of an attack: it breaks most queries by radius 1.5.
+    for model in ("vote", "soft", "base"):
+        broken = sum(r[model]["break_radius"] is not None for r in records)
+        print(f"{model}: {broken}/{len(records)} queries broken")
+        assert broken >= len(records) // 2
+
+
+def with_radii_scaled(certs, factor, fields):
+    fake = {}
+    for c in certs:
+        d = c.to_dict()
+        for field in fields:
+            if d[field] is not None:
+                d[field] *= factor
+        fake[c.index] = d
+    return fake
+
+
+@pytest.mark.slow
+def test_an_over_certifying_fake_is_caught(digits_run):
+    """The same certificates with every radius doubled: the attack breaks some of them inside
+    the doubled radius, and the alarm names them."""
+    certs, records, _ = digits_run
+    alarm = soundness_alarm(records, with_radii_scaled(certs, 2.0, ("vote_radius", "soft_gaussian_radius")))
+    print(f"\nfake with doubled radii: {alarm['by_model']}")
+    assert alarm["broken_inside_radius"] >= 1
+    assert alarm["by_model"]["vote"]["broken_inside_radius"] >= 1
+    for case in alarm["cases"]:
+        assert case["break_norm"] < case["certified_radius"]
+    # The soft certificate is far below what the attack reaches on digits (radii under 0.1
+    # certified, breaks from 0.5 on), so doubling it is not a lie the attack can see; a claim of
+    # radius 1 for every soft certificate is, and the alarm catches it on the soft model too.
+    soft_radii = [c.soft_gaussian_radius for c in certs if c.soft_gaussian_radius is not None]
+    print(f"soft certified radii: max {max(soft_radii):.3f}")
+    alarm = soundness_alarm(records, with_radii_scaled(certs, 1.0 / max(soft_radii), ("soft_gaussian_radius",)))
+    print(f"fake with soft radii scaled to a maximum of 1: {alarm['by_model']}")
+    assert alarm["by_model"]["soft"]["broken_inside_radius"] >= 1
+    assert alarm["by_model"]["vote"]["broken_inside_radius"] == 0

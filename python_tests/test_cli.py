@@ -304,3 +304,75 @@ def test_debug_shows_the_traceback(files, tmp_path):
                str(files / "gallery_emb.npz"), "--sigma", "0.25", "--out", str(tmp_path / "o"), "--debug",
                cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def _attack_args(files, out, *extra):
+    return ("attack", "--model", str(files / "model.pt"), "--queries", str(files / "queries3.npz"),
+            "--gallery", str(files / "gallery_x.npz"), "--sigma", "0.25", "--radii", "0,0.25,1.5", "--steps", "6",
+            "--eot", "8", "--restarts", "1", "--n0", "200", "--n", "1000", "--out", str(out), *extra)
+
+
+@pytest.mark.slow
+def test_attack_records_resume_and_the_soundness_alarm(files, tmp_path, capsys):
+    from retrievalguard_fast.cli import main
+
+    data = np.load(files / "queries.npz")
+    np.savez(files / "queries3.npz", x=data["x"][:3], labels=data["labels"][:3])
+    cert = tmp_path / "cert"
+    cli("certify", "--model", str(files / "model.pt"), "--queries", str(files / "queries3.npz"),
+        "--gallery", str(files / "gallery_x.npz"), "--sigma", "0.25", "--n", "2000", "--out", str(cert), cwd=tmp_path)
+    out = tmp_path / "attack"
+    proc = cli(*_attack_args(files, out, "--certified", str(cert)), cwd=tmp_path)
+    assert "vote, attack (upper)" in proc.stdout and "soft, certified (Gaussian)" in proc.stdout
+    assert "soundness: 0 certified queries broken" in proc.stdout
+    records = read_results(out)
+    assert sorted(r["index"] for r in records) == [0, 1, 2]
+    for r in records:
+        for model in ("vote", "soft", "base"):
+            assert {"reference", "break_radius", "break_norm", "tests"} <= set(r[model])
+            assert all(t["norm"] <= t["radius"] for t in r[model]["tests"])
+    run = json.loads((out / "run.json").read_text())
+    assert run["command"] == "attack" and run["seed"] == 0 and run["radii"] == [0.25, 1.5] and run["clip"] == [0.0, 1.0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["empirical_robust_recall_at_1"]) == {"vote", "soft", "base"}
+    assert summary["certified"]["alarm"]["broken_inside_radius"] == 0
+    assert (out / "attack_vs_certified.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The folder holds this run: again without --resume is refused; a resume after losing the
+    # last two records redoes exactly them, identically (each query's randomness is its own).
+    assert main(list(_attack_args(files, out))) == 2 and "--resume" in capsys.readouterr().err
+    lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
+    (out / "results.jsonl").write_text(lines[0] + lines[1][:20])  # a torn second line
+    cli(*_attack_args(files, out, "--resume", "--quiet"), cwd=tmp_path)
+    assert strip_timing(read_results(out)) == strip_timing(records)
+    # An over-certifying fake (every vote radius x100): the alarm, exit status 1.
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "run.json").write_text((cert / "run.json").read_text())
+    with open(fake / "results.jsonl", "w") as f:
+        for r in read_results(cert):
+            r["vote_radius"] = None if r["vote_radius"] is None else 100 * r["vote_radius"]
+            f.write(json.dumps(r) + "\n")
+    alarm = cli(*_attack_args(files, out, "--resume", "--certified", str(fake)), cwd=tmp_path, check=False)
+    assert alarm.returncode == 1 and "SOUNDNESS ALARM" in alarm.stdout, alarm.stdout + alarm.stderr
+    assert json.loads((out / "summary.json").read_text())["certified"]["alarm"]["by_model"]["vote"]["broken_inside_radius"] >= 1
+    # Bad input (in this process: each check ends before any attack): one line, status 2, the
+    # records untouched.
+    before = (out / "results.jsonl").read_bytes()
+    capsys.readouterr()
+    other_sigma = [a if a != "0.25" else "0.3" for a in _attack_args(files, tmp_path / "o2", "--certified", str(cert))]
+    for argv, message in ((_attack_args(files, out, "--resume", "--clip", "0.5,1"), "outside --clip"),
+                          (_attack_args(files, out, "--resume", "--certified", str(tmp_path / "missing")), "--certified"),
+                          (_attack_args(files, out, "--resume", "--certified", str(out)), "not a folder of certify"),
+                          (other_sigma, "sigma")):
+        assert main(list(argv)) == 2
+        err = capsys.readouterr().err
+        # one error line, the last (after, at most, the gallery's progress line), no traceback
+        lines = err.strip().splitlines()
+        assert [line for line in lines if line.startswith("error:")] == lines[-1:] and message in lines[-1], (argv, err)
+        assert len(lines) <= 2 and "Traceback" not in err, (argv, err)
+    for extra, message in ((("--clip", "1,0"), "low < high"), (("--models", "vote,nope"), "subset of vote,soft,base")):
+        with pytest.raises(SystemExit) as exit_:
+            main(list(_attack_args(files, out, "--resume", *extra)))
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, (extra, err)
+    assert (out / "results.jsonl").read_bytes() == before

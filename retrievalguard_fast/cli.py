@@ -1,10 +1,12 @@
-"""Command line: ``python -m retrievalguard_fast {demo,certify,bench,info}``.
+"""Command line: ``python -m retrievalguard_fast {demo,certify,attack,bench,info}``.
 
 ``demo`` certifies the embedded default (scikit-learn's digits and a shipped noise-trained
-model); ``certify`` runs a user's model and data. Both certify into ``--out`` through
-:func:`~.runstore.certify_to_folder` (run.json, results.jsonl, summary.json / .csv, the plot;
-see :mod:`~.runstore`) and print the table of :mod:`~.report`. This module only parses arguments
-and calls those.
+model); ``certify`` runs a user's model and data; ``attack`` attacks them (:mod:`~.attack`,
+the empirical upper bound beside the certificates). ``demo`` and ``certify`` certify into
+``--out`` through :func:`~.runstore.certify_to_folder` (run.json, results.jsonl, summary.json /
+.csv, the plot; see :mod:`~.runstore`), ``attack`` attacks into it through
+:func:`~.attack.attack_to_folder`; each prints its table of :mod:`~.report`. This module only
+parses arguments and calls those.
 
 Errors in the input exit with status 2 and one line saying what is wrong (``--debug`` shows the
 traceback); Ctrl-C exits with status 130, keeping every result so far.
@@ -196,6 +198,34 @@ def _rank() -> str:
     return f"rank {os.environ['RANK']}: " if launched() else ""
 
 
+def cmd_attack(args) -> int:
+    from .attack import AttackConfig, attack_to_folder, check_clip
+    from .inputs import load_model, resolve_device
+    from .report import print_attack_table
+    from .runstore import RunFolder
+
+    if launched():
+        raise InputError("attack runs in one process: start it with python -m retrievalguard_fast, not torchrun")
+    device = resolve_device(args.device)
+    data = load_data(args)
+    if not hasattr(data.queries, "iter_chunks"):  # an array: checked before any work (images: as read)
+        check_clip(data.queries, args.clip, f"--queries {args.queries}")
+    model, model_id = load_model(args.model)
+    config = AttackConfig(radii=tuple(args.radii), models=tuple(args.models), steps=args.steps, eot=args.eot,
+                          restarts=args.restarts, step_size=args.step_size, temperature=args.temperature,
+                          clip=tuple(args.clip), n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
+                          soft_bound=args.soft_bound)
+    with RunFolder(args.out) as folder:  # held from here: the gallery embeddings are cached in it
+        gallery = data.build_gallery(model, model_id, device, args.batch_size, folder=folder, quiet=args.quiet)
+        summary = attack_to_folder(folder, _retriever(args, model, gallery), data.queries, data.labels,
+                                   identity={"model": model_id, **data.identity}, config=config, exclude=data.exclude,
+                                   indices=data.indices, certified=args.certified, resume=args.resume, quiet=args.quiet)
+    print_attack_table(summary, color=sys.stdout.isatty())
+    print(f"\nwrote {os.path.join(args.out, RESULTS)}, summary.json, summary.csv, attack_vs_certified.png")
+    # A certified query broken inside its radius is a soundness failure: a non-zero status.
+    return 1 if summary.get("certified", {}).get("alarm", {}).get("broken_inside_radius") else 0
+
+
 def cmd_bench(args) -> int:
     from .bench import run as run_bench
 
@@ -217,19 +247,27 @@ def cmd_info(_args) -> int:
 
 
 def _add_run_options(p: argparse.ArgumentParser, *, sigma: Optional[float], out: Optional[str]) -> None:
-    p.add_argument("--sigma", type=_positive_float, default=sigma, required=sigma is None,
-                   help="noise standard deviation in the model's input space" + (f" (default {sigma})" if sigma else ""))
-    p.add_argument("--n0", type=_positive_int, default=100, help="selection samples per query (default 100)")
-    # --num-samples, not --n, in documentation: torchrun's own parser reads abbreviations of its
-    # options anywhere on its command line, and "--n" is ambiguous there (--nnodes, --nproc-per-node).
-    p.add_argument("--num-samples", "--n", dest="n", type=_positive_int, default=10_000,
-                   help="certification samples per query; the cap in sequential mode (default 10000; --n is an "
-                        "alias, not usable under torchrun)")
+    """The options of a certification run (demo, certify)."""
+    _add_smoothing_options(p, sigma=sigma, out=out)
     p.add_argument("--mode", choices=["sequential", "fixed-n"], default="sequential",
                    help="sequential (default): stop each query once every --radii value is certified or out of "
                         "reach (bounds at alpha/checkpoints); fixed-n: always draw n samples")
     p.add_argument("--first-checkpoint", type=_positive_int, default=1000,
                    help="sequential mode: the first checkpoint of the doubling schedule (default 1000)")
+    p.add_argument("--recall-k", type=_int_list, default=[1], help="K values for certified Recall@K, e.g. 1,5 (default 1)")
+
+
+def _add_smoothing_options(p: argparse.ArgumentParser, *, sigma: Optional[float], out: Optional[str],
+                           n0: int = 100, n0_help: str = "selection samples per query",
+                           n_help: str = "certification samples per query; the cap in sequential mode") -> None:
+    """The smoothed model and its sampling, the radii and the run folder (demo, certify, attack)."""
+    p.add_argument("--sigma", type=_positive_float, default=sigma, required=sigma is None,
+                   help="noise standard deviation in the model's input space" + (f" (default {sigma})" if sigma else ""))
+    p.add_argument("--n0", type=_positive_int, default=n0, help=f"{n0_help} (default {n0})")
+    # --num-samples, not --n, in documentation: torchrun's own parser reads abbreviations of its
+    # options anywhere on its command line, and "--n" is ambiguous there (--nnodes, --nproc-per-node).
+    p.add_argument("--num-samples", "--n", dest="n", type=_positive_int, default=10_000,
+                   help=f"{n_help} (default 10000; --n is an alias, not usable under torchrun)")
     p.add_argument("--alpha", type=_unit_interval, default=0.001, help="failure probability per query (default 0.001)")
     p.add_argument("--soft-bound", choices=list(SOFT_BOUNDS), default=BENNETT,
                    help="Monte-Carlo bound behind the soft radii: bennett (default; variance-adaptive, never looser) "
@@ -237,7 +275,6 @@ def _add_run_options(p: argparse.ArgumentParser, *, sigma: Optional[float], out:
     p.add_argument("--batch-size", type=_positive_int, default=2000, help="noisy samples per model call (default 2000)")
     p.add_argument("--seed", type=_seed, default=0, help="noise seed (default 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--recall-k", type=_int_list, default=[1], help="K values for certified Recall@K, e.g. 1,5 (default 1)")
     p.add_argument("--radii", type=_radii, default=list(DEFAULT_RADII),
                    help="radii for the summary table (default 0,0.05,0.1,0.25,0.5,0.75,1)")
     p.add_argument("--out", default=out, required=out is None, help="output folder" + (f" (default {out})" if out else ""))
@@ -251,6 +288,10 @@ def _add_run_options(p: argparse.ArgumentParser, *, sigma: Optional[float], out:
                         "matmul and verified (identical results; faster on GPUs with large galleries)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _add_model_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a TorchScript file (torch.jit.save) or 'package.module:factory'")
 
 
 def _add_group_options(p: argparse.ArgumentParser) -> None:
@@ -278,6 +319,41 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                    help="images: DataLoader worker processes decoding them (default: the cores, at most 8; 0: none)")
 
 
+def _models(text: str) -> List[str]:
+    from .attack import MODELS
+
+    values = [t.strip() for t in text.split(",") if t.strip()]
+    if not values or any(v not in MODELS for v in values):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(MODELS)}, got {text!r}")
+    return [m for m in MODELS if m in values]
+
+
+def _clip(text: str):
+    try:
+        lo, hi = (float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers low,high like 0,1, got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise argparse.ArgumentTypeError(f"expected finite bounds with low < high, got {text!r}")
+    return lo, hi
+
+
+def _add_attack_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", type=_models, default=["vote", "soft", "base"],
+                   help="models to attack: a comma-separated subset of vote,soft,base (default all three)")
+    p.add_argument("--steps", type=_positive_int, default=20, help="PGD steps per restart (default 20)")
+    p.add_argument("--eot", type=_positive_int, default=32, help="noise draws averaged per PGD step (default 32)")
+    p.add_argument("--restarts", type=_positive_int, default=2,
+                   help="PGD starts per radius: the clean point, then random points in the ball (default 2)")
+    p.add_argument("--step-size", type=_positive_float, default=2.5, help="PGD step = step-size x radius / steps (default 2.5)")
+    p.add_argument("--temperature", type=_positive_float, default=0.05,
+                   help="temperature of the vote model's softmax surrogate over -|e - g|^2 (default 0.05)")
+    p.add_argument("--clip", type=_clip, default=(0.0, 1.0), help="pixel bounds low,high of the input space (default 0,1)")
+    p.add_argument("--certified", default=None, metavar="DIR",
+                   help="a certify results folder over the same queries: plot certified beside empirical Recall@1 and "
+                        "count certified queries broken inside their radius")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad argument is reported in one line (exit status 2)."""
 
@@ -293,11 +369,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--queries", type=_positive_int, default=None, help="certify only the first N queries")
     demo.set_defaults(func=cmd_demo)
     cert = sub.add_parser("certify", help="certify your own model and data")
-    cert.add_argument("--model", required=True, help="a TorchScript file (torch.jit.save) or 'package.module:factory'")
+    _add_model_option(cert)
     _add_data_options(cert)
     _add_run_options(cert, sigma=None, out=None)
     _add_group_options(cert)
     cert.set_defaults(func=cmd_certify)
+    attack = sub.add_parser("attack", help="empirical robustness: PGD+EOT against the smoothed and base models",
+                            description="l2 PGD with expectation over the noise against the soft and vote smoothed "
+                                        "models and the base model at each --radii value; a query is broken only if "
+                                        "fresh noise confirms the changed prediction at level alpha. --n0 and "
+                                        "--num-samples are the samples of each re-estimate, --seed seeds the attack. "
+                                        "Exit status 1 if a --certified query is broken inside its certified radius.")
+    _add_model_option(attack)
+    _add_data_options(attack)
+    _add_smoothing_options(attack, sigma=None, out=None, n0=1000,
+                           n0_help="samples of each re-estimate that choose the vote's rival and screen out "
+                                   "points that cannot be broken; --num-samples more test it",
+                           n_help="samples of each re-estimate that test a break")
+    _add_attack_options(attack)
+    attack.set_defaults(func=cmd_attack)
     bench = sub.add_parser("bench", help="benchmarks against numpy/torch/faiss baselines, measured in the same run",
                            usage="python -m retrievalguard_fast bench [{all,kernels,certify,sequential,model-stage,data}] [options]",
                            description="Run a benchmark; options after the name go to it (e.g. bench kernels --help). "

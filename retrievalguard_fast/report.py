@@ -248,3 +248,170 @@ def print_table(summary: dict) -> None:
           f"mode {summary['mode']}, {mean_samples:,.0f} samples per query on average")
 
 
+
+
+# ---------------------------------------------------------------------- the attack's reports
+
+#: The attacked models and, for the two smoothed ones, the certificate drawn beside them.
+ATTACK_MODELS = {"vote": ("vote", "C0", "vote"), "soft": ("soft", "C1", "gaussian"), "base": ("base (no noise)", "C2", None)}
+
+
+def attack_summary(records: Sequence[dict], params: dict, certified: Optional[dict], *, certified_folder: Optional[str],
+                   device: Any, session_queries: int, session_seconds: float) -> dict:
+    """Empirical robust Recall@1 per radius per attacked model, clean Recall@1 of each model's
+    reference, the cost per query and, with the certified records (index -> record of
+    certify), their certified Recall@1 over the same queries and the soundness alarm."""
+    from .attack import empirical_recall, soundness_alarm
+
+    models = [m for m in params["models"]]
+    radii = [0.0] + [float(r) for r in params["radii"]]
+    m = len(records)
+    mean = lambda key: float(np.mean([r[key] for r in records])) if m else float("nan")  # noqa: E731
+    out = {
+        "parameters": params, "num_queries": m, "radii": radii,
+        "clean_recall_at_1": {k: float(np.mean([r[k]["reference"] == r["label"] for r in records])) if m else float("nan")
+                              for k in models},
+        "empirical_robust_recall_at_1": {k: empirical_recall(records, k, radii) for k in models},
+        "broken_queries": {k: int(sum(r[k]["break_radius"] is not None for r in records)) for k in models},
+        "cost_per_query": {"attack_seconds": mean("seconds"), "attack_model_rows": mean("attack_rows"),
+                           "re_estimate_samples": mean("test_samples")},
+        "this_session": {"queries": int(session_queries), "seconds": float(session_seconds)},
+    }
+    if certified is not None:
+        pairs = [(r, certified[int(r["index"])]) for r in records if int(r["index"]) in certified]
+        labels = np.array([r["label"] for r, _ in pairs])
+        cert = {}
+        curve = {}
+        finite = [c.get(f) for _, c in pairs for f in ("vote_radius", "soft_gaussian_radius")]
+        top = max([v for v in finite if v is not None and math.isfinite(v)] + radii + [0.1]) * 1.05
+        grid = np.linspace(0.0, top, CURVE_POINTS)
+        curve["radius"] = [float(g) for g in grid]
+        for name, pred, rad in (("vote", "vote_prediction", "vote_radius"),
+                                ("gaussian", "soft_prediction", "soft_gaussian_radius")):
+            p = np.array([c[pred] for _, c in pairs])
+            rs = [c[rad] for _, c in pairs]
+            cert[name] = dict(zip((str(r) for r in radii), certified_accuracy(p, rs, labels, radii)))
+            curve[name] = certified_accuracy(p, rs, labels, grid)
+        seconds = [c.get("seconds") for _, c in pairs if c.get("seconds") is not None]
+        out["certified"] = {
+            "folder": certified_folder, "queries_compared": len(pairs), "certified_recall_at_1": cert,
+            "certified_recall_curve": curve,
+            # Per-query times of certify overlap where queries shared batches: an upper bound on
+            # its cost per query; the run's wall time per query is in its own summary.json.
+            "certify_seconds_per_query_upper": float(np.mean(seconds)) if seconds else None,
+            "alarm": soundness_alarm(records, certified),
+        }
+        try:
+            with open(os.path.join(certified_folder, "summary.json")) as f:
+                cs = json.load(f)
+            out["certified"]["certify_wall_seconds_per_query"] = cs["seconds"] / max(cs["num_queries"], 1)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return {**out, "device": device_text(device), "versions": versions()}
+
+
+def write_attack_reports(out: str, summary: dict) -> None:
+    """summary.json, summary.csv and attack_vs_certified.png in ``out``, each replaced atomically."""
+    def atomic_write(name: str, write):
+        path = os.path.join(out, name)
+        with open(path + ".tmp", "w", newline="") as f:
+            write(f)
+        os.replace(path + ".tmp", path)
+
+    atomic_write("summary.json", lambda f: json.dump(summary, f, indent=2, default=_json_default))
+
+    def write_csv(f):
+        w = csv.writer(f)
+        w.writerow(["model", "metric", "radius", "value"])
+        for model, values in summary["empirical_robust_recall_at_1"].items():
+            for r, v in values.items():
+                w.writerow([model, "empirical_robust_recall_at_1", r, v])
+        for cert, values in summary.get("certified", {}).get("certified_recall_at_1", {}).items():
+            for r, v in values.items():
+                w.writerow([cert, "certified_recall_at_1", r, v])
+        if "certified" in summary:
+            w.writerow(["all", "certified_broken_inside_radius", "", summary["certified"]["alarm"]["broken_inside_radius"]])
+
+    atomic_write("summary.csv", write_csv)
+    png = os.path.join(out, "attack_vs_certified.png")
+    plot_attack(summary, png + ".tmp.png")
+    os.replace(png + ".tmp.png", png)
+
+
+def plot_attack(summary: dict, path: str) -> None:
+    """Per model: certified Recall@1 (solid, a lower bound) and empirical robust Recall@1 under
+    the attack (dashed steps through the attacked radii, an upper bound)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    cert = summary.get("certified")
+    top = summary["radii"][-1] * 1.05 or 0.1
+    for model, (name, color, cert_key) in ATTACK_MODELS.items():
+        if model not in summary["empirical_robust_recall_at_1"]:
+            continue
+        if cert is not None and cert_key is not None:
+            curve = cert["certified_recall_curve"]
+            ax.plot(curve["radius"], curve[cert_key], color=color, lw=2,
+                    label=f"{name}: certified ({'Gaussian bound' if cert_key == 'gaussian' else 'Cohen'}), lower")
+        emp = summary["empirical_robust_recall_at_1"][model]
+        rs, vs = [float(r) for r in emp], list(emp.values())
+        ax.plot(rs + [top], vs + [vs[-1]], color=color, lw=1.5, ls="--", drawstyle="steps-post",
+                label=f"{name}: attack (PGD+EOT), upper")
+        ax.plot(rs, vs, "o", color=color, ms=4)
+    p = summary["parameters"]
+    ax.set_xlabel("l2 radius (input space)")
+    ax.set_ylabel("robust Recall@1")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlim(0, top)
+    ax.grid(alpha=0.3)
+    title = (f"Certified (lower) vs empirical (upper) robust Recall@1: sigma={p['sigma']}, {summary['num_queries']} "
+             f"queries\nPGD {p['steps']} steps x {p['eot']} noise draws, {p['restarts']} restarts; "
+             f"breaks tested at alpha={p['alpha']}")
+    if cert is not None:
+        title += f"; {cert['alarm']['broken_inside_radius']} certified queries broken inside their radius"
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def print_attack_table(summary: dict, color: bool = False) -> None:
+    radii = summary["radii"]
+    p = summary["parameters"]
+    head = "".join(f"{'r=' + format(r, 'g'):>9}" for r in radii)
+    print(f"\nrobust Recall@1 ({summary['num_queries']} queries; attack: PGD {p['steps']} steps x {p['eot']} noise draws, "
+          f"{p['restarts']} restarts; breaks tested with fresh noise at alpha={p['alpha']})")
+    print(f"  {'model':<30}{head}")
+    cert = summary.get("certified")
+    for model, (name, _, cert_key) in ATTACK_MODELS.items():
+        if model not in summary["empirical_robust_recall_at_1"]:
+            continue
+        if cert is not None and cert_key is not None:
+            vals = cert["certified_recall_at_1"][cert_key]
+            label = f"{name}, certified" + (" (Gaussian)" if cert_key == "gaussian" else "")
+            print(f"  {label:<30}" + "".join(f"{vals[str(float(r))]:>9.3f}" for r in radii))
+        vals = summary["empirical_robust_recall_at_1"][model]
+        print(f"  {name + ', attack (upper)':<30}" + "".join(f"{vals[str(float(r))]:>9.3f}" for r in radii))
+    c = summary["cost_per_query"]
+    line = (f"\ncost per query: attack {c['attack_seconds']:.3f} s ({c['attack_model_rows']:,.0f} model rows forward and "
+            f"backward, {c['re_estimate_samples']:,.0f} re-estimate samples) on {summary['device']}")
+    if cert is not None and cert.get("certify_wall_seconds_per_query") is not None:
+        line += f"; certification {cert['certify_wall_seconds_per_query']:.3f} s (wall time per query of its run)"
+    print(line)
+    if cert is not None:
+        alarm = cert["alarm"]
+        per = ", ".join(f"{k} {v['broken_inside_radius']} of {v['certified']} certified"
+                        + (f" ({v['disagree']} with another clean prediction, not compared)" if v["disagree"] else "")
+                        for k, v in alarm["by_model"].items())
+        text = f"soundness: {alarm['broken_inside_radius']} certified queries broken inside their certified radius ({per})"
+        if alarm["broken_inside_radius"]:
+            cases = "; ".join(f"query {c['index']} {c['model']}: broken at norm {c['break_norm']:.4g} < certified "
+                              f"{c['certified_radius']:.4g}" for c in alarm["cases"][:5])
+            text = f"SOUNDNESS ALARM: {text}: {cases}" + (" ..." if len(alarm["cases"]) > 5 else "")
+            if color:
+                text = f"\033[31m{text}\033[0m"
+        print(text)

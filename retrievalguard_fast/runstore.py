@@ -220,11 +220,12 @@ class RunFolder:
             self._out_file.close()
             self._out_file = None
 
-    def append(self, cert: QueryCertificate) -> dict:
-        """Write one certificate's record durably (flush + fsync) before the next query's."""
+    def append(self, cert) -> dict:
+        """Write one record durably (flush + fsync) before the next query's: a
+        :class:`QueryCertificate` or any JSON-ready dict with an ``index`` (the attack's)."""
         if self._out_file is None:
             self._out_file = open(self.append_path, "a")
-        record = cert.to_dict()
+        record = cert if isinstance(cert, dict) else cert.to_dict()
         self._out_file.write(json.dumps(record) + "\n")
         self._out_file.flush()
         os.fsync(self._out_file.fileno())
@@ -266,6 +267,30 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def read_run(folder: str, what: str) -> tuple:
+    """The parameters and complete records of a run folder, read only (no lock is taken: a run
+    still writing there only means fewer records; a torn last line is skipped, not cut). Rank files
+    of a torchrun group that has not merged them yet are read too."""
+    run_path, results_path = os.path.join(folder, RUN), os.path.join(folder, RESULTS)
+    rank_files = sorted(glob.glob(os.path.join(glob.escape(folder), RANK_RESULTS.format(rank="*"))))
+    if not os.path.isfile(run_path) or not (os.path.isfile(results_path) or rank_files):
+        raise InputError(f"{what} {folder}: expected a results folder of certify (with {RUN} and {RESULTS})")
+    try:
+        with open(run_path) as f:
+            params = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{what} {folder}: unreadable run ({exc.__class__.__name__}: {exc})") from None
+    by_index = {}
+    for path in [results_path, *rank_files]:
+        for r in _read_records(path, repair=False):
+            if not isinstance(r, dict) or "index" not in r:
+                raise InputError(f"{what} {folder}: {os.path.basename(path)} is not what certify writes")
+            by_index.setdefault(int(r["index"]), r)
+    if not isinstance(params, dict):
+        raise InputError(f"{what} {folder}: {RUN} is not what certify writes")
+    return params, [by_index[i] for i in sorted(by_index)]
+
+
 def run_parameters(retriever, *, num_queries: int, n0: int, n: int, alpha: float, ks: Sequence[int], mode: str,
                    radii: Sequence[float], first_checkpoint: int, identity: Dict[str, Any],
                    soft_bound: str = BENNETT) -> dict:
@@ -290,7 +315,7 @@ def run_parameters(retriever, *, num_queries: int, n0: int, n: int, alpha: float
     return params
 
 
-def _query_chunks(queries: Any, positions: np.ndarray) -> Iterator[Tuple[np.ndarray, Any]]:
+def query_chunks(queries: Any, positions: np.ndarray) -> Iterator[Tuple[np.ndarray, Any]]:
     """``(positions, images)`` of the queries still to certify: one chunk of an array, or the
     chunks of a source read as it goes (anything with ``iter_chunks(positions)``, such as
     :class:`~.datasets.ImageQueries`)."""
@@ -374,7 +399,7 @@ def certify_to_folder(out: Union[str, RunFolder], retriever, queries: Any, label
             with out_of_memory_is_input_error("certifying queries in noisy batches of batch_size rows",
                                               "batch_size (--batch-size)"):
                 for block in blocks:
-                    for positions, xt in _query_chunks(queries, block):
+                    for positions, xt in query_chunks(queries, block):
                         for cert in retriever.iter_certify(
                                 xt, labels[positions], exclude=None if exclude is None else np.asarray(exclude)[positions],
                                 indices=indices[positions], n0=n0, n=n, alpha=alpha, ks=ks,
