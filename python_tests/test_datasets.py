@@ -369,3 +369,21 @@ def test_bad_input_is_one_line_naming_the_file_and_line_and_loses_nothing(sop_ro
         assert {k: after.get(k) for k in before} == before, args  # nothing in --out lost or overwritten
         if queries_decoded:
             assert not (d / f"fresh{k}" / "results.jsonl").exists()
+
+
+def test_attack_reads_the_same_sources_and_selection_as_certify(sop_root, tmp_path):
+    """`attack --dataset` with a selection: its records are named by the data set's indices, the
+    certify folder of the same selection is accepted as --certified, and no alarm is raised."""
+    data = [*SMALL, "--dataset", f"sop:{sop_root}", "--every", "3", "--max-queries", "3", "--workers", "0"]
+    cli("certify", *RUN, *data, "--radii", "0,0.5", "--out", str(tmp_path / "cert"), cwd=tmp_path)
+    proc = cli("attack", "--model", MODEL, "--sigma", "0.25", "--n0", "50", "--num-samples", "200", "--batch-size",
+               "64", *data, "--radii", "0,0.5", "--steps", "3", "--eot", "4", "--restarts", "1",
+               "--certified", str(tmp_path / "cert"), "--out", str(tmp_path / "attack"), cwd=tmp_path)
+    records = read_results(tmp_path / "attack")
+    assert sorted(r["index"] for r in records) == [0, 3, 6]
+    assert all(set(r) >= {"vote", "soft", "base"} for r in records)
+    summary = json.loads((tmp_path / "attack" / "summary.json").read_text())
+    assert summary["certified"]["alarm"]["broken_inside_radius"] == 0, proc.stdout
+    run = json.loads((tmp_path / "attack" / "run.json").read_text())
+    assert run["dataset"] == "sop" and run["selection"] == {"every": 3, "max_queries": 3, "of": 16}
+    assert run["soft_bound"] == "bennett"
