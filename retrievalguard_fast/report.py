@@ -143,15 +143,18 @@ def run_summary(certs: Sequence[QueryCertificate], params: dict, radii: Sequence
             "device": device_text(device), "versions": versions()}
 
 
+def _atomic_write(out: str, name: str, write) -> None:
+    """``write(file)`` into ``out/name`` through a temporary file renamed over it: a reader (or a
+    kill) never sees a half-written report."""
+    path = os.path.join(out, name)
+    with open(path + ".tmp", "w", newline="") as f:
+        write(f)
+    os.replace(path + ".tmp", path)
+
+
 def write_reports(out: str, summary: dict) -> None:
     """summary.json, summary.csv and certified_recall.png in ``out``, each replaced atomically."""
-    def atomic_write(name: str, write):
-        path = os.path.join(out, name)
-        with open(path + ".tmp", "w", newline="") as f:
-            write(f)
-        os.replace(path + ".tmp", path)
-
-    atomic_write("summary.json", lambda f: json.dump(summary, f, indent=2, default=_json_default))
+    _atomic_write(out, "summary.json", lambda f: json.dump(summary, f, indent=2, default=_json_default))
 
     def write_csv(f):
         w = csv.writer(f)
@@ -170,7 +173,7 @@ def write_reports(out: str, summary: dict) -> None:
         for cert, v in summary["average_certified_radius"].items():
             w.writerow([cert, "average_certified_radius", "", v])
 
-    atomic_write("summary.csv", write_csv)
+    _atomic_write(out, "summary.csv", write_csv)
     png = os.path.join(out, "certified_recall.png")
     plot(summary, png + ".tmp.png")
     os.replace(png + ".tmp.png", png)
@@ -312,13 +315,7 @@ def attack_summary(records: Sequence[dict], params: dict, certified: Optional[di
 
 def write_attack_reports(out: str, summary: dict) -> None:
     """summary.json, summary.csv and attack_vs_certified.png in ``out``, each replaced atomically."""
-    def atomic_write(name: str, write):
-        path = os.path.join(out, name)
-        with open(path + ".tmp", "w", newline="") as f:
-            write(f)
-        os.replace(path + ".tmp", path)
-
-    atomic_write("summary.json", lambda f: json.dump(summary, f, indent=2, default=_json_default))
+    _atomic_write(out, "summary.json", lambda f: json.dump(summary, f, indent=2, default=_json_default))
 
     def write_csv(f):
         w = csv.writer(f)
@@ -332,7 +329,7 @@ def write_attack_reports(out: str, summary: dict) -> None:
         if "certified" in summary:
             w.writerow(["all", "certified_broken_inside_radius", "", summary["certified"]["alarm"]["broken_inside_radius"]])
 
-    atomic_write("summary.csv", write_csv)
+    _atomic_write(out, "summary.csv", write_csv)
     png = os.path.join(out, "attack_vs_certified.png")
     plot_attack(summary, png + ".tmp.png")
     os.replace(png + ".tmp.png", png)
