@@ -247,3 +247,27 @@ def test_ranks_without_work(files, tmp_path, single, launched):
     rc, _, err = _finish(launched[-1])
     assert rc == 0, err
     assert strip_timing(read_results(out)) == single[:2]
+
+
+def test_a_rank_that_sees_another_folder_than_rank_0_is_refused(tmp_path):
+    """--out not shared between machines: the other node's folder lacks rank 0's token, and that
+    rank stops with one line instead of certifying every query again into files no merge reads."""
+    import torch.distributed as dist
+
+    from retrievalguard_fast.distributed import Group
+    from retrievalguard_fast.errors import InputError
+
+    store = dist.HashStore()
+    shared, other = tmp_path / "shared", tmp_path / "elsewhere"
+    shared.mkdir()
+    other.mkdir()
+    leader = Group(store, 0, 2, 0, timeout=5.0, run_id="r", attempt=0)
+    follower = Group(store, 1, 2, 1, timeout=5.0, run_id="r", attempt=0)
+    leader.mark_folder(str(shared))
+    follower.check_folder(str(shared))  # the same folder: accepted
+    with pytest.raises(InputError, match="does not see the folder rank 0 locked"):
+        follower.check_folder(str(other))
+    # A stale token from an earlier attempt in a folder is not accepted either.
+    (other / ".torchrun-group").write_text("r/0/1/1")
+    with pytest.raises(InputError, match="file system they share"):
+        follower.check_folder(str(other))

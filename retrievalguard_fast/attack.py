@@ -453,7 +453,7 @@ def soundness_alarm(records: Sequence[dict], certified: Dict[int, dict]) -> dict
 # ---------------------------------------------------------------------- a run kept in a folder
 
 
-def certified_records(folder: str, identity: dict, sigma: float, num_queries: int, model_stage: dict) -> Dict[int, dict]:
+def certified_records(folder: str, identity: dict, sigma: float, model_stage: dict) -> Dict[int, dict]:
     """The records of a certify results folder over the same queries, model and sigma (else an
     InputError naming ``--certified``), by query index."""
     from .errors import InputError
@@ -463,12 +463,12 @@ def certified_records(folder: str, identity: dict, sigma: float, num_queries: in
     if params.get("command", "certify") != "certify" or any("vote_radius" not in r for r in records):
         raise InputError(f"--certified {folder}: not a folder of certify results (it holds {params.get('command')!r} "
                          "records); pass the --out of a certify run")
-    differ = [k for k in identity if k in params and params[k] != identity[k]]
-    differ += [k for k in identity if k not in params]
+    # The same model and data; the selection (--every/--max-queries) may differ: records are keyed
+    # by the query's index in its data set, and the summary compares the queries both runs hold.
+    same = {k: v for k, v in identity.items() if k != "selection"}
+    differ = [k for k in same if params.get(k) != same[k]]
     if params.get("sigma") != sigma:
         differ.append(f"sigma {params.get('sigma')} != {sigma}")
-    if params.get("num_queries") != num_queries:
-        differ.append(f"num_queries {params.get('num_queries')} != {num_queries}")
     if params.get("model_stage", model_stage) != model_stage:
         differ.append("model_stage")
     if differ:
@@ -512,8 +512,7 @@ def attack_to_folder(out, retriever, queries, labels, *, identity: dict, config:
     params = {"command": "attack", **identity, "sigma": float(str(np.float32(retriever.sigma))), **config.to_dict(),
               "num_queries": m, "device_type": retriever.device.type, "batch_size": retriever.batch_size,
               "model_stage": retriever.model_stage}
-    cert = None if certified is None else certified_records(certified, identity, params["sigma"], m,
-                                                             retriever.model_stage)
+    cert = None if certified is None else certified_records(certified, identity, params["sigma"], retriever.model_stage)
     attacker = Attacker(retriever, config)
     if not hasattr(queries, "iter_chunks"):  # an array: checked whole before the folder is touched
         check_clip(queries, config.clip, "the queries")

@@ -157,8 +157,11 @@ def cmd_certify(args) -> int:
         # The folder is held from here on (by rank 0 for a group): the gallery embeddings are
         # cached in it, computed once by rank 0 and read there by the other ranks.
         with RunFolder(args.out, rank=rank, world=1 if group is None else group.world) as folder:
-            if rank:
+            if rank == 0:
+                group.mark_folder(args.out)
+            elif rank:
                 group.wait_announced("gallery", "rank 0 to lock --out and embed the gallery")
+                group.check_folder(args.out)
             gallery = data.build_gallery(model, model_id, device, args.batch_size, folder=folder,
                                          quiet=args.quiet or bool(rank))
             if rank == 0:
@@ -309,9 +312,9 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", metavar="NAME:ROOT",
                    help="a benchmark in its published layout, instead of --queries/--gallery: sop:ROOT (Stanford "
                         "Online Products), cub:ROOT (CUB-200-2011), cars:ROOT (CARS196), inshop:ROOT (In-Shop)")
-    p.add_argument("--every", type=_positive_int, default=1, help="certify every K-th query (default 1: all)")
+    p.add_argument("--every", type=_positive_int, default=1, help="take every K-th query (default 1: all)")
     p.add_argument("--max-queries", type=_positive_int, default=None,
-                   help="certify at most the first N queries (after --every); the gallery stays whole")
+                   help="take at most the first N queries (after --every); the gallery stays whole")
     p.add_argument("--resize", type=_count, default=256,
                    help="images: resize the shorter side to this many pixels (default 256; 0: keep)")
     p.add_argument("--crop", type=_count, default=224, help="images: centre-crop to this square (default 224; 0: none)")

@@ -250,7 +250,7 @@ def load_run_data(*, queries: Optional[str], gallery: Optional[str], dataset: Op
     if dataset is not None and (queries is not None or gallery is not None):
         raise InputError("--dataset: give either --dataset NAME:ROOT or --queries and --gallery, not both")
     if dataset is None and (queries is None or gallery is None):
-        raise InputError("certify needs --queries and --gallery (.npz, folder:DIR or list:FILE), or --dataset NAME:ROOT")
+        raise InputError("give --queries and --gallery (.npz, folder:DIR or list:FILE), or --dataset NAME:ROOT")
     preprocess = Preprocess(resize, crop)
     workers = default_workers() if workers is None else workers
     identity: Dict[str, Any] = {}

@@ -12,7 +12,9 @@ The folder holds
   (sorted by index) when every rank is done, and on the next start after an interruption, so a
   resume with any number of ranks (or none) sees every record once;
 - ``.torchrun-run``: the id of the torchrun launch that last certified here, so that the group
-  torchrun restarts after a failure continues the run without ``--resume``;
+  torchrun restarts after a failure continues the run without ``--resume``; ``.torchrun-group``:
+  rank 0's token for the current attempt, by which the other ranks check that they see this folder
+  (:meth:`~.distributed.Group.check_folder`);
 - ``.lock``: held (``flock``) by the run using the folder (by rank 0 for a group), released when
   it ends or dies; a second run into the same folder is refused before it changes anything;
 - ``gallery-<key>.npz``: the gallery's embeddings by the clean model, when the run embedded gallery

@@ -136,7 +136,9 @@ def mean_embedding_deviation(samples: int, alpha: float, dim: int = 0, *, mean_n
     ``s = t_Bennett(1 - (|F_hat| - s)_+^2, min(2, 1 + |F_hat| + s))``, reached from above (every
     iterate is valid). Without ``mean_norm`` the worst case (variance 1, step 2). Where Bennett's
     worst case is above McDiarmid's (n < 33 at alpha = 1e-3), McDiarmid's is used (:func:`uses_bennett`).
-    ``dim`` adds the kernels' fixed-point rounding of ``F_hat`` (:func:`_rounding`).
+    ``dim`` adds the kernels' fixed-point rounding of ``F_hat`` (:func:`_rounding`); pass it
+    whenever ``mean_norm`` comes from the kernels' sums (their |F_hat| may exceed 1 by up to that
+    rounding, which is refused without it).
     """
     _check(samples, alpha, bound)
     rounding = _rounding(dim)
