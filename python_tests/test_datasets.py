@@ -355,7 +355,7 @@ def test_bad_input_is_one_line_naming_the_file_and_line_and_loses_nothing(sop_ro
         (["--dataset", f"cub:{cub_missing}"], ["image_class_labels.txt", "no such file"]),
         (["--dataset", "imagenet:/x"], ["expected NAME:ROOT"]),
         (["--dataset", f"sop:{sop_root}", "--queries", ok], ["not both"]),
-        (["--queries", ok], ["needs --queries and --gallery"]),
+        (["--queries", ok], ["give --queries and --gallery"]),
         (["--queries", listing("sizes.csv", [("imgs/a/1.png", 0), ("big.png", 1)]), "--gallery", ok,
           "--resize", "0", "--crop", "0"], ["big.png", "sizes.csv line 3", "(3, 20, 20)", "must share one size"]),
         (["--queries", ok, "--gallery", ok, "--resize", "0", "--crop", "40"], ["1.png", "smaller than --crop 40"]),
