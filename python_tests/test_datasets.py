@@ -13,7 +13,6 @@ from PIL import Image
 
 from retrievalguard_fast import datasets
 from retrievalguard_fast.datasets import ImageQueries, Preprocess
-from retrievalguard_fast.errors import InputError
 
 from test_cli import cli, read_results, strip_timing
 

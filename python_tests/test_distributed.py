@@ -18,7 +18,7 @@ import pytest
 
 from retrievalguard_fast.cli import build_parser
 from retrievalguard_fast.distributed import block_schedule
-from test_cli import HERE, PAUSING_MODEL, _env, cli, read_results, strip_timing
+from test_cli import PAUSING_MODEL, _env, cli, read_results, strip_timing
 
 QUERIES = 24
 

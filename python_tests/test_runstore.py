@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from retrievalguard_fast.digits import load_default_model, load_digits_split

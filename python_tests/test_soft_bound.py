@@ -14,7 +14,6 @@ import math
 
 import numpy as np
 import pytest
-from scipy import optimize
 from scipy.stats import norm
 
 from retrievalguard_fast import stats
