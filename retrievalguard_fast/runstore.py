@@ -111,7 +111,7 @@ class RunFolder:
     def start(self, params: dict, resume: bool) -> List[dict]:
         """Check (or record) the run's parameters; the records already certified here (the rank
         files of an interrupted group run merged into results.jsonl first). The lock holder's."""
-        has_results = any(os.path.getsize(p) > 0 for p in [self.results_path, *self._rank_files()]
+        has_results = any(os.path.getsize(p) > 0 for p in [self.results_path, *_rank_files(self.out)]
                           if os.path.exists(p))
         if os.path.exists(self.run_path) and has_results:
             previous = self._read_params()
@@ -159,9 +159,6 @@ class RunFolder:
             f.write(run_id + "\n")
         os.replace(os.path.join(self.out, STARTED_BY + ".tmp"), os.path.join(self.out, STARTED_BY))
 
-    def _rank_files(self) -> List[str]:
-        return sorted(glob.glob(os.path.join(glob.escape(self.out), RANK_RESULTS.format(rank="*"))))
-
     def read_results(self) -> List[dict]:
         """The records of results.jsonl, for the ranks that do not hold the lock: rank 0 has
         merged and repaired it before they read it, and nobody writes it while they run."""
@@ -176,7 +173,7 @@ class RunFolder:
         between leaves records in both places, which the next merge counts once (a query's record
         is the same wherever it was written)."""
         records = _read_records(self.results_path, repair=True)
-        rank_files = self._rank_files()
+        rank_files = _rank_files(self.out)
         if not rank_files:
             return records  # a run in one process: results.jsonl as it was appended
         seen = {int(r["index"]) for r in records}
@@ -234,6 +231,11 @@ class RunFolder:
         return record
 
 
+def _rank_files(out: str) -> List[str]:
+    """The per-rank results files of a torchrun group in ``out`` (not merged yet)."""
+    return sorted(glob.glob(os.path.join(glob.escape(out), RANK_RESULTS.format(rank="*"))))
+
+
 def _read_records(path: str, repair: bool) -> List[dict]:
     """Complete records of a results file; a torn last line (from a kill) is ignored, and with
     ``repair`` cut off the file."""
@@ -274,7 +276,7 @@ def read_run(folder: str, what: str) -> tuple:
     still writing there only means fewer records; a torn last line is skipped, not cut). Rank files
     of a torchrun group that has not merged them yet are read too."""
     run_path, results_path = os.path.join(folder, RUN), os.path.join(folder, RESULTS)
-    rank_files = sorted(glob.glob(os.path.join(glob.escape(folder), RANK_RESULTS.format(rank="*"))))
+    rank_files = _rank_files(folder)
     if not os.path.isfile(run_path) or not (os.path.isfile(results_path) or rank_files):
         raise InputError(f"{what} {folder}: expected a results folder of certify (with {RUN} and {RESULTS})")
     try:

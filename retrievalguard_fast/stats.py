@@ -5,6 +5,7 @@ All in float64 on the host, with scipy for the beta quantiles (never a hand-writ
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -115,12 +116,19 @@ def _check(samples: int, alpha: float, bound: str) -> None:
         raise ValueError(f"soft bound must be one of {', '.join(SOFT_BOUNDS)}, got {bound!r}")
 
 
+@functools.lru_cache(maxsize=256)
+def _worst_bennett(samples: int, alpha: float) -> float:
+    """Bennett's radius at variance 1 and step 2: the same for every query at a checkpoint, so
+    computed once per (n, alpha)."""
+    return bennett_deviation(samples, alpha, 1.0, 2.0)
+
+
 def uses_bennett(samples: int, alpha: float, bound: str = BENNETT) -> bool:
     """Whether ``bound`` at this ``(samples, alpha)`` is Bennett's: only where its worst case
     (variance 1, step 2) is below McDiarmid's. The choice depends on n and alpha alone, never
     on the samples, so no failure probability is spent on it, and the bound used is never
     looser than McDiarmid's (for very small n, McDiarmid's is used)."""
-    return bound == BENNETT and bennett_deviation(samples, alpha, 1.0, 2.0) <= mcdiarmid_deviation(samples, alpha)
+    return bound == BENNETT and _worst_bennett(samples, alpha) <= mcdiarmid_deviation(samples, alpha)
 
 
 def mean_embedding_deviation(samples: int, alpha: float, dim: int = 0, *, mean_norm: Optional[float] = None,
@@ -144,7 +152,7 @@ def mean_embedding_deviation(samples: int, alpha: float, dim: int = 0, *, mean_n
     rounding = _rounding(dim)
     if not uses_bennett(samples, alpha, bound):
         return mcdiarmid_deviation(samples, alpha) + rounding
-    s = bennett_deviation(samples, alpha, 1.0, 2.0)
+    s = _worst_bennett(samples, alpha)
     if mean_norm is None:
         return s + rounding
     if not 0.0 <= mean_norm <= 1.0 + rounding:
