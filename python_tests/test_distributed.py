@@ -225,7 +225,10 @@ def test_resume_a_three_rank_run_with_two(files, tmp_path, single, launched):
 
 def test_a_rank_that_raises_stops_the_group_with_its_message(files, tmp_path, launched):
     out = tmp_path / "out"
-    env = dict(_env(), RGF_TEST_RAISE_RANK="1")
+    # Rank 0 pauses after the group's first record, holding one block, so rank 1 is sure to claim
+    # another and reach its (raising) forward pass; otherwise a fast rank 0 could certify every
+    # query before rank 1 starts, and the run would succeed (seen once in 9 loaded rounds).
+    env = dict(_env(pause_at=f"{out}/results.rank-*.jsonl:1"), RGF_TEST_RAISE_RANK="1")
     launched.append(_torchrun(["--standalone", "--nproc-per-node=2"], _args(files, "--quiet", "--out", str(out)),
                               tmp_path, env=env))
     rc, _, err = _finish(launched[-1])
