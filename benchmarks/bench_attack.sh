@@ -16,13 +16,13 @@ mkdir -p "$out"
 python - "$out" "$m" <<'PY'
 import sys
 import numpy as np
-from retrievalguard_fast.digits import load_digits_split
+from retrievalguard_fast.demo.digits import load_digits_split
 out, m = sys.argv[1], int(sys.argv[2])
 d = load_digits_split()
 np.savez(f"{out}/queries.npz", x=d.query_x[:m], labels=d.query_y[:m])
 np.savez(f"{out}/gallery.npz", x=d.gallery_x, labels=d.gallery_y)
 PY
-common=(--model retrievalguard_fast.digits:load_default_model --queries "$out/queries.npz" --gallery "$out/gallery.npz"
+common=(--model retrievalguard_fast.demo.digits:load_default_model --queries "$out/queries.npz" --gallery "$out/gallery.npz"
         --sigma 0.25 --radii 0,0.05,0.1,0.25,0.5,0.75,1,1.5)
 echo "== $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 /usr/bin/time -f "certify: %e s wall, %U s user + %S s system CPU" \

@@ -23,9 +23,9 @@ import torch
 from scipy.stats import norm
 
 from retrievalguard_fast import cli
-from retrievalguard_fast.gallery import Gallery
+from retrievalguard_fast.smoothing import Gallery
 from retrievalguard_fast.smoothing import SmoothedRetriever
-from retrievalguard_fast.stats import BENNETT, MCDIARMID
+from retrievalguard_fast.smoothing.stats import BENNETT, MCDIARMID
 
 SIGMA, DISTANCE, G_NEGATIVE = 0.5, 0.8, 0.55
 

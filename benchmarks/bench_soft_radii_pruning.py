@@ -16,7 +16,8 @@ import re
 import shutil
 import tempfile
 
-from retrievalguard_fast import certificates, certify, cli
+from retrievalguard_fast import cli
+from retrievalguard_fast.smoothing import certificates, certify
 
 
 def run_demo(out):

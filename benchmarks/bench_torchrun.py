@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from retrievalguard_fast.digits import load_default_model, load_digits_split
+from retrievalguard_fast.demo.digits import load_default_model, load_digits_split
 
 
 def records(folder):

@@ -34,7 +34,7 @@ def kind(request):
 @pytest.fixture
 def small_tiles():
     """Force tiny CPU tiles so small inputs run the tiled and segmented code paths."""
-    from retrievalguard_fast._backend import cpu_tile_sizes
+    from retrievalguard_fast.kernels.backend import cpu_tile_sizes
 
     with cpu_tile_sizes(3, 5):
         yield

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from retrievalguard_fast.digits import load_default_model
+from retrievalguard_fast.demo.digits import load_default_model
 
 
 class PausingModel(torch.nn.Module):

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from retrievalguard_fast.attack import (AttackConfig, Attacker, empirical_recall, soundness_alarm, soft_break_margin,
-                                        vote_break_test, vote_surrogate_loss)
-from retrievalguard_fast.digits import DigitsEmbeddingNet, load_digits_split
-from retrievalguard_fast.gallery import Gallery
+from retrievalguard_fast.attack import (AttackConfig, Attacker, empirical_recall, soft_break_margin, soundness_alarm,
+                                        vote_break_test)
+from retrievalguard_fast.attack.losses import vote_surrogate_loss
+from retrievalguard_fast.demo.digits import DigitsEmbeddingNet, load_digits_split
+from retrievalguard_fast.smoothing import Gallery
 from retrievalguard_fast.report import certified_accuracy
 from retrievalguard_fast.smoothing import SmoothedRetriever
 
@@ -144,7 +145,7 @@ RADII = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5)
 @pytest.fixture(scope="module")
 def digits_run():
     """A small noise-trained digits model, 12 certified queries and the attack on them."""
-    from retrievalguard_fast.training import train_embedding_model
+    from retrievalguard_fast.demo.training import train_embedding_model
 
     torch.manual_seed(0)
     data = load_digits_split(seed=1)

@@ -5,11 +5,11 @@ import pytest
 import torch
 from scipy import stats
 
-from retrievalguard_fast.certificates import soft_radii
-from retrievalguard_fast.gallery import Gallery
+from retrievalguard_fast.smoothing.certificates import soft_radii
+from retrievalguard_fast.smoothing import Gallery
 from retrievalguard_fast.report import summarize
 from retrievalguard_fast.smoothing import SmoothedRetriever
-from retrievalguard_fast.stats import mean_embedding_deviation
+from retrievalguard_fast.smoothing.stats import mean_embedding_deviation
 from conftest import requires_cuda
 
 
@@ -130,8 +130,8 @@ def test_soft_radii_exclusion_and_degenerate_galleries():
 
 @pytest.fixture(scope="module")
 def digits_setup():
-    from retrievalguard_fast.digits import DigitsEmbeddingNet, load_digits_split
-    from retrievalguard_fast.training import train_embedding_model
+    from retrievalguard_fast.demo.digits import DigitsEmbeddingNet, load_digits_split
+    from retrievalguard_fast.demo.training import train_embedding_model
 
     torch.manual_seed(0)
     data = load_digits_split(seed=0)
@@ -236,7 +236,11 @@ GALLERY_1D = Gallery(np.array([[1.0], [-1.0]], np.float32), np.array([0, 1]))
         (SignModel(np.ones(4), 0.0), dict(labels=[0, -1]), ValueError, r"labels must be in \[0,"),
         (SignModel(np.ones(4), 0.0), dict(queries=np.full((2, 4), np.nan, np.float32)), ValueError, "queries contain non-finite"),
         (SignModel(np.ones(4), 0.0), dict(queries=np.zeros((2, 4), np.int64)), TypeError, "queries must have a floating dtype"),
-        (SignModel(np.ones(4), 0.0), dict(ks=[0]), ValueError, r"ks must be in \[1, 2\]"),
+        (SignModel(np.ones(4), 0.0), dict(ks=[3]), ValueError, r"ks must be in \[1, 2\]"),  # K above the gallery size
+        (SignModel(np.ones(4), 0.0), dict(ks=[0]), ValueError, r"ks must be in \[1,"),
+        (SignModel(np.ones(4), 0.0), dict(mode="adaptive"), ValueError, "mode must be one of"),
+        (SignModel(np.ones(4), 0.0), dict(soft_bound="hoeffding"), ValueError, "soft_bound must be one of"),
+        (SignModel(np.ones(4), 0.0), dict(nn=5), TypeError, "unknown setting"),
     ],
 )
 def test_certify_bad_input(model, kwargs, exc, match):
@@ -343,7 +347,7 @@ def test_pruning_positives_never_changes_soft_radii(kind, monkeypatch):
     """soft_radii skips positives whose upper bounds cannot beat the best radius so far; the
     result must equal the unpruned computation (up to float64 rounding), for every K and both
     certificates."""
-    from retrievalguard_fast import certificates
+    from retrievalguard_fast.smoothing import certificates
 
     pairs = []  # size of every pair matrix computed
     real = certificates._pair_terms

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import retrievalguard_fast as rgf
-from retrievalguard_fast.digits import load_default_model, load_digits_split
+from retrievalguard_fast.demo.digits import load_default_model, load_digits_split
 
 REQUIRED_FIELDS = {"index", "label", "clean_prediction", "vote_prediction", "vote_count", "vote_pA_lower", "vote_radius",
                    "soft_prediction", "soft_gaussian_radius", "soft_lipschitz_radius"}

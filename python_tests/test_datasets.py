@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from retrievalguard_fast import datasets
-from retrievalguard_fast.datasets import ImageQueries, Preprocess
+from retrievalguard_fast import data as datasets
+from retrievalguard_fast.data.images import rebatch
+from retrievalguard_fast.data import ImageQueries, Preprocess
 
 from test_cli import cli, read_results, strip_timing
 
@@ -148,7 +149,7 @@ def test_decoding_converts_to_rgb_resizes_the_shorter_side_and_centre_crops(tmp_
 
 def test_rebatch_keeps_order_and_exact_block_sizes():
     batches = [torch.arange(a, b) for a, b in [(0, 3), (3, 4), (4, 11), (11, 12)]]
-    blocks = list(datasets.rebatch(iter(batches), 5))
+    blocks = list(rebatch(iter(batches), 5))
     assert [len(b) for b in blocks] == [5, 5, 2] and torch.equal(torch.cat(blocks), torch.arange(12))
 
 
@@ -191,8 +192,8 @@ def test_the_same_images_give_identical_results_from_any_source(same_images, tmp
 def test_queries_read_in_chunks_equal_queries_held_in_memory(same_images, tmp_path):
     """The library path: ImageQueries in chunks of 5 (3 chunks, two DataLoader workers) against
     the same images as one array."""
-    from retrievalguard_fast.gallery import Gallery
-    from retrievalguard_fast.runstore import certify_to_folder
+    from retrievalguard_fast.smoothing import Gallery
+    from retrievalguard_fast.runs import certify_to_folder
     from retrievalguard_fast.smoothing import SmoothedRetriever
 
     from image_model import make
@@ -202,7 +203,7 @@ def test_queries_read_in_chunks_equal_queries_held_in_memory(same_images, tmp_pa
     model = make()
     gallery = Gallery.from_model(model, arrays["x"], arrays["labels"], batch_size=64)
     retriever = SmoothedRetriever(model, gallery, 0.25, batch_size=64, seed=1)
-    common = dict(identity={"data": "same"}, exclude=np.arange(12), n0=20, n=300, quiet=True)
+    common = dict(identity={"data": "same"}, exclude=np.arange(12), n0=20, n=300, mode="sequential", quiet=True)
     certify_to_folder(str(tmp_path / "array"), retriever, arrays["x"], arrays["labels"], **common)
     streamed = ImageQueries(images, Preprocess(0, 0), workers=2, chunk=5)
     assert [len(p) for p, _ in streamed.iter_chunks(np.arange(12))] == [5, 5, 2]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from retrievalguard_fast.cli import build_parser
-from retrievalguard_fast.distributed import block_schedule
+from retrievalguard_fast.runs.distributed import block_schedule
 from test_cli import PAUSING_MODEL, _env, cli, read_results, strip_timing
 
 QUERIES = 24
@@ -25,7 +25,7 @@ QUERIES = 24
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from retrievalguard_fast.digits import load_digits_split
+    from retrievalguard_fast.demo.digits import load_digits_split
 
     d = tmp_path_factory.mktemp("inputs")
     data = load_digits_split()
@@ -257,7 +257,7 @@ def test_a_rank_that_sees_another_folder_than_rank_0_is_refused(tmp_path):
     rank stops with one line instead of certifying every query again into files no merge reads."""
     import torch.distributed as dist
 
-    from retrievalguard_fast.distributed import Group
+    from retrievalguard_fast.runs.distributed import Group
     from retrievalguard_fast.errors import InputError
 
     store = dist.HashStore()

@@ -76,7 +76,7 @@ def test_ties_between_inexact_duplicates_go_to_the_lower_index_whatever_the_batc
     product is accumulated in one fixed order, so duplicates tie exactly and the lower index wins,
     and a query's result does not depend on the other rows of its batch (an sgemm does not
     promise either: its edge kernels round differently)."""
-    from retrievalguard_fast._backend import cpu_tile_sizes
+    from retrievalguard_fast.kernels.backend import cpu_tile_sizes
 
     rng = np.random.default_rng(0)
     g = np.tile(rng.standard_normal(64).astype(np.float32), (300, 1))
@@ -171,7 +171,7 @@ def test_nn_vote_exclude_and_zero_rows(kind, small_tiles):
 def test_nn_vote_is_deterministic_across_tiles_and_batch_splits():
     e, g = random_problem(11, 999, 777, 32)
     labels = np.arange(777) % 13
-    from retrievalguard_fast._backend import cpu_tile_sizes
+    from retrievalguard_fast.kernels.backend import cpu_tile_sizes
 
     c0, s0 = rgf.nn_vote(e, g, labels, 13)
     for tiles in [(1, 1), (7, 3), (64, 1000), (999, 777)]:

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from retrievalguard_fast.digits import load_default_model, load_digits_split
+from retrievalguard_fast.demo.digits import load_default_model, load_digits_split
 from retrievalguard_fast.errors import InputError
-from retrievalguard_fast.gallery import Gallery
-from retrievalguard_fast.runstore import RESULTS, RunFolder, certify_to_folder
+from retrievalguard_fast.smoothing import Gallery
+from retrievalguard_fast.runs import RESULTS, RunFolder, certify_to_folder
 from retrievalguard_fast.smoothing import SmoothedRetriever
 
 
@@ -29,7 +29,7 @@ def records(folder):
 def run(folder, setup, radii=(0.1, 0.25), **kw):
     retriever, x, y = setup
     return certify_to_folder(str(folder), retriever, x, y, identity={"model": "digits-mlp", "data": "test"}, n0=20,
-                             n=600, radii=radii, first_checkpoint=150, quiet=True, **kw)
+                             n=600, mode="sequential", radii=radii, first_checkpoint=150, quiet=True, **kw)
 
 
 def test_certify_into_a_folder_and_resume_it_from_python(setup, tmp_path):
@@ -40,7 +40,7 @@ def test_certify_into_a_folder_and_resume_it_from_python(setup, tmp_path):
     run(tmp_path / "cut", setup)
     lines = (tmp_path / "cut" / RESULTS).read_text().splitlines(keepends=True)
     (tmp_path / "cut" / RESULTS).write_text("".join(lines[:5]))
-    with pytest.raises(InputError, match="pass --resume"):
+    with pytest.raises(InputError, match=r"pass resume=True"):
         run(tmp_path / "cut", setup)
     resumed = run(tmp_path / "cut", setup, resume=True)
     assert resumed["this_session"]["queries"] == 7
@@ -50,7 +50,8 @@ def test_certify_into_a_folder_and_resume_it_from_python(setup, tmp_path):
     retriever, x, y = setup
     with pytest.raises(InputError, match=r"other parameters \(n differ\)"):
         certify_to_folder(str(tmp_path / "cut"), retriever, x, y, identity={"model": "digits-mlp", "data": "test"},
-                          n0=20, n=700, radii=(0.1, 0.25), first_checkpoint=150, quiet=True, resume=True)
+                          n0=20, n=700, mode="sequential", radii=(0.1, 0.25), first_checkpoint=150, quiet=True,
+                          resume=True)
 
 
 def test_a_folder_is_held_by_one_run_at_a_time(tmp_path):

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import retrievalguard_fast as rgf
-from retrievalguard_fast._backend import _core
-from retrievalguard_fast.screen import round_to_tf32, screen_matmul_precision, screen_operand, MAX_SCREEN_CANDIDATES
+from retrievalguard_fast.kernels.backend import _core
+from retrievalguard_fast.kernels.screen import round_to_tf32, screen_matmul_precision, screen_operand, MAX_SCREEN_CANDIDATES
 from conftest import to_kind, to_numpy
 
 PRECISIONS = ["tf32", "bf16"]

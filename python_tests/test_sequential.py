@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from retrievalguard_fast.certificates import vote_radius
-from retrievalguard_fast.gallery import Gallery
-from retrievalguard_fast.sequential import doubling_schedule, fixed_schedule, vote_decided
+from retrievalguard_fast.smoothing.certificates import vote_radius
+from retrievalguard_fast.smoothing import Gallery
+from retrievalguard_fast.smoothing.sequential import doubling_schedule, fixed_schedule, vote_decided
 from retrievalguard_fast.smoothing import SmoothedRetriever
 from test_certify import sign_setup
 
@@ -63,7 +63,7 @@ def test_sequential_radii_on_the_exact_answer_model():
     over, used = 0, []
     for seed in range(seeds):
         (c,) = SmoothedRetriever(model, gallery, sigma, batch_size=4096, seed=seed).certify(
-            x, [0], n0=20, n=8000, alpha=alpha, sequential=True, radii=[0.1, 0.3, 0.7], first_checkpoint=250)
+            x, [0], n0=20, n=8000, alpha=alpha, mode="sequential", radii=[0.1, 0.3, 0.7], first_checkpoint=250)
         assert c.mode == "sequential"
         used.append(c.samples)
         over += any((r or 0) > true_radius for r in (c.vote_radius, c.soft_gaussian_radius, c.soft_lipschitz_radius))
@@ -75,7 +75,7 @@ def test_sequential_radii_on_the_exact_answer_model():
 
 @pytest.fixture(scope="module")
 def digits():
-    from retrievalguard_fast.digits import load_default_model, load_digits_split
+    from retrievalguard_fast.demo.digits import load_default_model, load_digits_split
 
     data = load_digits_split()
     model = load_default_model(0.25)
@@ -88,7 +88,7 @@ def test_sequential_agrees_with_fixed_n_far_from_the_thresholds(digits):
     q, y = data.query_x[:24], data.query_y[:24]
     r = SmoothedRetriever(model, gallery, 0.25, batch_size=4000, seed=2)
     fixed = r.certify(q, y, n0=100, n=20_000, alpha=0.001)
-    seq = r.certify(q, y, n0=100, n=20_000, alpha=0.001, sequential=True, radii=radii)
+    seq = r.certify(q, y, n0=100, n=20_000, alpha=0.001, mode="sequential", radii=radii)
     compared = 0
     for a, b in zip(fixed, seq):
         ra = a.vote_radius or 0.0
@@ -110,12 +110,12 @@ def test_sequential_stopping_is_independent_of_batch_size(digits):
     out = []
     for bs in (97, 1500, 9000):
         certs = SmoothedRetriever(model, gallery, 0.25, batch_size=bs, seed=1).certify(
-            q, y, n0=50, n=8000, sequential=True, radii=[0.25, 0.5], first_checkpoint=500)
+            q, y, n0=50, n=8000, mode="sequential", radii=[0.25, 0.5], first_checkpoint=500)
         out.append([{k: v for k, v in c.to_dict().items() if k != "seconds"} for c in certs])
     assert out[0] == out[1] == out[2]
 
 
 def test_sequential_needs_radii(digits):
     model, gallery, data = digits
-    with pytest.raises(ValueError, match="sequential=True needs radii"):
-        SmoothedRetriever(model, gallery, 0.25).certify(data.query_x[:1], n=1000, sequential=True)
+    with pytest.raises(ValueError, match="mode 'sequential' needs radii"):
+        SmoothedRetriever(model, gallery, 0.25).certify(data.query_x[:1], n=1000, mode="sequential", radii=())

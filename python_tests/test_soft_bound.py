@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from retrievalguard_fast import stats
-from retrievalguard_fast.certificates import soft_radii
-from retrievalguard_fast.certify import Evidence, certify_step
-from retrievalguard_fast.gallery import Gallery
-from retrievalguard_fast.sequential import doubling_schedule, fixed_schedule
-from retrievalguard_fast.stats import (BENNETT, MCDIARMID, bennett_deviation, mcdiarmid_deviation,
+from retrievalguard_fast.smoothing import stats
+from retrievalguard_fast.smoothing.certificates import soft_radii
+from retrievalguard_fast.smoothing.certify import Evidence, certify_step
+from retrievalguard_fast.smoothing import Gallery
+from retrievalguard_fast.smoothing.sequential import doubling_schedule, fixed_schedule
+from retrievalguard_fast.smoothing.stats import (BENNETT, MCDIARMID, bennett_deviation, mcdiarmid_deviation,
                                        mean_embedding_deviation)
 
 # ---------------------------------------------------------------------- independent reference
@@ -408,9 +408,9 @@ def test_the_bound_is_recorded_and_a_resume_with_another_is_refused(tmp_path):
     import json
 
     from retrievalguard_fast.cli import build_parser
-    from retrievalguard_fast.digits import load_default_model, load_digits_split
+    from retrievalguard_fast.demo.digits import load_default_model, load_digits_split
     from retrievalguard_fast.errors import InputError
-    from retrievalguard_fast.runstore import certify_to_folder
+    from retrievalguard_fast.runs import certify_to_folder
     from retrievalguard_fast.smoothing import SmoothedRetriever
 
     data = load_digits_split()

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from retrievalguard_fast.certificates import vote_radius
-from retrievalguard_fast.stats import MCDIARMID, clopper_pearson_lower, clopper_pearson_upper, mean_embedding_deviation
+from retrievalguard_fast.smoothing.certificates import vote_radius
+from retrievalguard_fast.smoothing.stats import MCDIARMID, clopper_pearson_lower, clopper_pearson_upper, mean_embedding_deviation
 
 
 def test_clopper_pearson_matches_scipy_binomtest():

@@ -1,4 +1,4 @@
-"""``python -m retrievalguard_fast {demo,certify,bench,info}``: see retrievalguard_fast.cli."""
+"""``python -m retrievalguard_fast {demo,certify,attack,bench,info}``: see retrievalguard_fast.cli."""
 
 import sys
 

@@ -1,7 +1,7 @@
 """Rebuild the shipped digits models: python scripts/train_digits_model.py [--sigma 0.25 0.5]
 
-Trains retrievalguard_fast.digits.DigitsEmbeddingNet with the fixed recipe in
-retrievalguard_fast.digits.TRAINING_RECIPE under Gaussian noise of each sigma, on the gallery
+Trains retrievalguard_fast.demo.digits.DigitsEmbeddingNet with the fixed recipe in
+retrievalguard_fast.demo.digits.TRAINING_RECIPE under Gaussian noise of each sigma, on the gallery
 split of the digits (queries held out), and writes retrievalguard_fast/weights/digits_mlp_sigma*.pt.
 """
 
@@ -12,7 +12,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from retrievalguard_fast.digits import WEIGHTS_DIR, default_weights_path, train_default_model  # noqa: E402
+from retrievalguard_fast.demo.digits import WEIGHTS_DIR, default_weights_path, train_default_model  # noqa: E402
 
 
 def main():

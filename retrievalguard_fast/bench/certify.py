@@ -32,9 +32,9 @@ import time
 import numpy as np
 import torch
 
-from ..digits import load_default_model, load_digits_split
-from ..gallery import Gallery
-from ..smoothing import SmoothedRetriever
+from ..demo.digits import load_default_model, load_digits_split
+from ..smoothing.gallery import Gallery
+from ..smoothing.retriever import SmoothedRetriever
 
 
 def sync(device):

@@ -91,7 +91,7 @@ def write_list(root: str, name: str, first: int, count: int, per_class: int = 5)
 
 
 def decode_rate(root: str, count: int, workers: int) -> float:
-    from ..datasets import Preprocess, iter_images, list_source
+    from ..data.images import Preprocess, iter_images, list_source
 
     images = list_source(write_list(root, f"decode_{count}.csv", 0, count), "--gallery")
     started = time.perf_counter()

@@ -28,7 +28,9 @@ import time
 import numpy as np
 import torch
 
-from .. import _ops, build_info, has_cuda, screen
+from .. import kernels
+from ..kernels import build_info, has_cuda
+from ..kernels import screen
 
 
 def best_time(fn, repeat, sync=None):
@@ -169,12 +171,12 @@ def bench_nn_vote_cpu(args, rng):
 
     # Correctness first, on a slice: our votes against numpy's (identical up to near ties).
     m = min(n, 500)
-    ours_c, ours_s = _ops.nn_vote(e[:m], g, labels, C)
+    ours_c, ours_s = kernels.nn_vote(e[:m], g, labels, C)
     ref_c, ref_s = vote_numpy(e[:m], g, labels, C)
     assert abs(ours_c - ref_c).sum() <= 2, "nn_vote disagrees with numpy"
     assert np.allclose(ours_s, ref_s, atol=1e-3), "nn_vote embedding sum disagrees with numpy"
 
-    t_ours = best_time(lambda: _ops.nn_vote(e, g, labels, C), args.repeat)
+    t_ours = best_time(lambda: kernels.nn_vote(e, g, labels, C), args.repeat)
     results = [row("retrievalguard_fast nn_vote", t_ours, t_ours, f"{build_info()['cpu']['threads']} threads")]
     if not args.skip_numpy:
         results.append(row("numpy matmul+argmin+bincount", best_time(lambda: vote_numpy(e, g, labels, C), 1), t_ours))
@@ -233,13 +235,13 @@ def bench_nn_vote_modes(e, g, labels, C, repeat, check_rows, data="random"):
     e_unit = torch.nn.functional.normalize(e, dim=1)  # normalize=False below: nn_search ranks by the same key
     n = len(e_unit)
     check_rows = min(check_rows, n)
-    exact_nearest = _ops.nn_search(e_unit[:check_rows], g)[0]
-    exact_counts, exact_sum = _ops.nn_vote(e_unit, g, labels, C, normalize=False)
+    exact_nearest = kernels.nn_search(e_unit[:check_rows], g)[0]
+    exact_counts, exact_sum = kernels.nn_vote(e_unit, g, labels, C, normalize=False)
 
     with fp32_matmul():
         t_base = best_time(lambda: vote_torch(e_unit, g, labels, C, chunk=8192), repeat, sync)
     rows = [{"mode": "torch fp32 mm+argmin+bincount (baseline)", "seconds": t_base, "undecided": None, "differs": None}]
-    t = best_time(lambda: _ops.nn_vote(e_unit, g, labels, C, normalize=False, check=False), repeat, sync)
+    t = best_time(lambda: kernels.nn_vote(e_unit, g, labels, C, normalize=False, check=False), repeat, sync)
     rows.append({"mode": "ours exact (fp32, fixed order)", "seconds": t, "undecided": None, "differs": 0.0})
     for precision in screen.SCREEN_PRECISIONS:
         r = screen.nn_vote_screened(e_unit, g, labels, C, precision=precision, normalize=False)
@@ -273,9 +275,9 @@ def bench_noise_cpu(args):
     x = np.random.default_rng(0).random(shape).astype(np.float32)
     n = args.noise_samples
     out = np.empty((n,) + shape, np.float32)
-    z = _ops.gaussian_noise(x, 1.0, 2000, seed=1)
+    z = kernels.gaussian_noise(x, 1.0, 2000, seed=1)
     assert abs(float((z - x).mean())) < 0.01 and abs(float((z - x).std()) - 1) < 0.01
-    t_ours = best_time(lambda: _ops.gaussian_noise(x, 0.25, n, seed=1, out=out), args.repeat)
+    t_ours = best_time(lambda: kernels.gaussian_noise(x, 0.25, n, seed=1, out=out), args.repeat)
     results = [row("retrievalguard_fast gaussian_noise", t_ours, t_ours, "x + sigma z, out= buffer")]
     xt = torch.from_numpy(x)
     buf = torch.empty((n,) + shape)
@@ -297,11 +299,11 @@ def bench_cuda(args, rng):
     e = torch.randn(n, k, device=dev)
     g = torch.nn.functional.normalize(torch.randn(N, k, device=dev), dim=1)
     labels = torch.randint(0, C, (N,), device=dev)
-    ours_c, _ = _ops.nn_vote(e[:2000], g, labels, C)
+    ours_c, _ = kernels.nn_vote(e[:2000], g, labels, C)
     ref_c, _ = vote_torch(e[:2000], g, labels, C)
     assert int((ours_c - ref_c).abs().sum()) <= 4, "CUDA nn_vote disagrees with torch"
     with fp32_matmul():
-        t_ours = best_time(lambda: _ops.nn_vote(e, g, labels, C, check=False), args.repeat, sync)
+        t_ours = best_time(lambda: kernels.nn_vote(e, g, labels, C, check=False), args.repeat, sync)
         results = [row("retrievalguard_fast nn_vote (CUDA)", t_ours, t_ours, "fp32 FFMA tiles")]
         results.append(row("torch mm+argmin+bincount (cuBLAS)", best_time(lambda: vote_torch(e, g, labels, C, chunk=8192), args.repeat, sync), t_ours, "TF32 off"))
         flops = 2.0 * n * N * k
@@ -318,9 +320,9 @@ def bench_cuda(args, rng):
     x = torch.rand(shape, device=dev)
     m = args.cuda_noise_samples
     buf = torch.empty((m,) + shape, device=dev)
-    z = _ops.gaussian_noise(x, 1.0, 2000, seed=1)
+    z = kernels.gaussian_noise(x, 1.0, 2000, seed=1)
     assert abs(float((z - x).std()) - 1) < 0.01
-    t_ours = best_time(lambda: _ops.gaussian_noise(x, 0.25, m, seed=1, out=buf), args.repeat, sync)
+    t_ours = best_time(lambda: kernels.gaussian_noise(x, 0.25, m, seed=1, out=buf), args.repeat, sync)
     results = [row("retrievalguard_fast gaussian_noise (CUDA)", t_ours, t_ours)]
     results.append(row("torch.randn (normals only)", best_time(lambda: torch.randn((m,) + shape, device=dev, out=buf), args.repeat, sync), t_ours))
     results.append(row("torch randn + x", best_time(lambda: torch.randn((m,) + shape, device=dev, out=buf).mul_(0.25).add_(x), args.repeat, sync), t_ours))

@@ -19,10 +19,10 @@ import time
 
 import torch
 
-from ..digits import load_default_model, load_digits_split
-from ..gallery import Gallery
+from ..demo.digits import load_default_model, load_digits_split
 from ..report import summarize
-from ..smoothing import SmoothedRetriever
+from ..smoothing.gallery import Gallery
+from ..smoothing.retriever import SmoothedRetriever
 
 CONFIGS = {
     "baseline": {},

@@ -25,11 +25,11 @@ import time
 import numpy as np
 import torch
 
-from ..certificates import vote_radius
-from ..digits import load_default_model, load_digits_split
-from ..gallery import Gallery
+from ..demo.digits import load_default_model, load_digits_split
 from ..report import certified_accuracy
-from ..smoothing import SmoothedRetriever
+from ..smoothing.certificates import vote_radius
+from ..smoothing.gallery import Gallery
+from ..smoothing.retriever import SmoothedRetriever
 from .certify import plain_torch_certify
 
 
@@ -73,7 +73,7 @@ def main(argv=None):
             torch.cuda.synchronize()
         return out, time.perf_counter() - t0
 
-    seq, t = timed(lambda: r.certify(x, y, n0=args.n0, n=args.n, alpha=args.alpha, sequential=True, radii=args.radii))
+    seq, t = timed(lambda: r.certify(x, y, n0=args.n0, n=args.n, alpha=args.alpha, mode="sequential", radii=args.radii))
     samples = sum(c.samples for c in seq)
     rows["seq"] = table("ours, sequential (vote)", [c.vote_prediction for c in seq], [c.vote_radius for c in seq], y,
                         args.radii, samples, t, m)

@@ -1,32 +1,16 @@
-"""Command line: ``python -m retrievalguard_fast {demo,certify,attack,bench,info}``.
-
-``demo`` certifies the embedded default (scikit-learn's digits and a shipped noise-trained
-model); ``certify`` runs a user's model and data; ``attack`` attacks them (:mod:`~.attack`,
-the empirical upper bound beside the certificates). ``demo`` and ``certify`` certify into
-``--out`` through :func:`~.runstore.certify_to_folder` (run.json, results.jsonl, summary.json /
-.csv, the plot; see :mod:`~.runstore`), ``attack`` attacks into it through
-:func:`~.attack.attack_to_folder`; each prints its table of :mod:`~.report`. This module only
-parses arguments and calls those.
-
-Errors in the input exit with status 2 and one line saying what is wrong (``--debug`` shows the
-traceback); Ctrl-C exits with status 130, keeping every result so far.
-"""
+"""The command line's parser: argument types (each bad value one line naming what was expected)
+and the options of each command, grouped as the commands share them."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import math
-import os
-import sys
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
-from .bench import NAMES as _BENCHMARKS
-from .distributed import GroupStopped, launched
-from .errors import InputError
-from .runstore import DEFAULT_RADII, RESULTS, RunInterrupted
-from .stats import BENNETT, SOFT_BOUNDS
+from ..attack import MODELS
+from ..bench import NAMES as _BENCHMARKS
+from ..data import layouts_help
+from ..smoothing import BENNETT, DEFAULT_RADII, FIXED, SEQUENTIAL, SOFT_BOUNDS
 
 BENCH_NAMES = ("all",) + _BENCHMARKS
 
@@ -79,180 +63,13 @@ def _radii(text: str) -> List[float]:
 # ---------------------------------------------------------------------- commands
 
 
-def _certify(args, retriever, x, labels, exclude, identity: dict, indices=None, folder=None, group=None):
-    from .report import print_table
-    from .runstore import certify_to_folder
-
-    summary = certify_to_folder(args.out if folder is None else folder, retriever, x, labels, identity=identity,
-                                exclude=exclude, indices=indices, n0=args.n0, n=args.n, alpha=args.alpha,
-                                ks=args.recall_k, mode=args.mode, radii=args.radii,
-                                first_checkpoint=args.first_checkpoint, soft_bound=args.soft_bound,
-                                resume=args.resume, quiet=args.quiet, group=group)
-    if summary is not None:  # None on the ranks other than 0 of a torchrun group
-        print_table(summary)
-    return summary
-
-
-def _retriever(args, model, gallery):
-    from .smoothing import SmoothedRetriever
-
-    return SmoothedRetriever(model, gallery, args.sigma, device=gallery.device, batch_size=args.batch_size,
-                             seed=args.seed, bf16=args.bf16, channels_last=args.channels_last, compile=args.compile,
-                             nn_precision=args.nn_precision)
-
-
-def cmd_demo(args) -> int:
-    from .digits import default_weights_path, load_default_model, load_digits_split
-    from .errors import out_of_memory_is_input_error
-    from .gallery import Gallery
-    from .inputs import resolve_device
-    from .report import device_text
-
-    if launched():
-        raise InputError("demo runs in one process; under torchrun use certify (see README, 'Across GPUs and "
-                         "machines')")
-    device = resolve_device(args.device)
-    # Rerunning the demo into the same folder continues (or just re-reports) the same run: its
-    # results are identical by construction. Other parameters into that folder are still refused.
-    args.resume = True
-    data = load_digits_split()
-    model = load_default_model(args.sigma).to(device)
-    shipped = default_weights_path(args.sigma).exists()
-    with out_of_memory_is_input_error("embedding the gallery images", "--batch-size"):
-        gallery = Gallery.from_model(model, data.gallery_x, data.gallery_y, device=device)
-    m = len(data.query_x) if args.queries is None else min(args.queries, len(data.query_x))
-    if not args.quiet:
-        print(f"demo: digits (scikit-learn), gallery {len(gallery)} images, {m} queries, "
-              f"{'shipped' if shipped else 'freshly trained'} MLP trained at sigma={args.sigma}; "
-              f"n0={args.n0}, n={args.n}{' (cap)' if args.mode == 'sequential' else ''}, alpha={args.alpha}, "
-              f"mode {args.mode}, device {device_text(device)}", file=sys.stderr)
-    identity = {"model": f"digits-mlp-sigma{args.sigma:g}" + ("" if shipped else "-trained"),
-                "data": "sklearn-digits-split0"}
-    _certify(args, _retriever(args, model, gallery), data.query_x[:m], data.query_y[:m], None, identity)
-    print(f"\nwrote {os.path.join(args.out, RESULTS)}, summary.json, summary.csv, certified_recall.png")
-    return 0
-
-
-def load_data(args):
-    """The data options of :func:`_add_data_options` -> :class:`~.inputs.RunData`."""
-    from .inputs import load_run_data
-
-    return load_run_data(queries=args.queries, gallery=args.gallery, dataset=args.dataset, every=args.every,
-                         max_queries=args.max_queries, resize=args.resize, crop=args.crop, workers=args.workers)
-
-
-def cmd_certify(args) -> int:
-    from .inputs import load_model, resolve_device
-    from .runstore import RunFolder
-
-    device = resolve_device(args.device)
-    with _group(args) as group:
-        if group is not None:
-            device = group.rank_device(device)
-        data = load_data(args)
-        model, model_id = load_model(args.model)
-        if max(args.recall_k) > data.gallery_size:
-            raise InputError(f"--recall-k {max(args.recall_k)} exceeds the gallery size {data.gallery_size}")
-        rank = None if group is None else group.rank
-        # The folder is held from here on (by rank 0 for a group): the gallery embeddings are
-        # cached in it, computed once by rank 0 and read there by the other ranks.
-        with RunFolder(args.out, rank=rank, world=1 if group is None else group.world) as folder:
-            if rank == 0:
-                group.mark_folder(args.out)
-            elif rank:
-                group.wait_announced("gallery", "rank 0 to lock --out and embed the gallery")
-                group.check_folder(args.out)
-            gallery = data.build_gallery(model, model_id, device, args.batch_size, folder=folder,
-                                         quiet=args.quiet or bool(rank))
-            if rank == 0:
-                group.announce("gallery")
-            identity = {"model": model_id, **data.identity}
-            _certify(args, _retriever(args, model, gallery), data.queries, data.labels, data.exclude, identity,
-                     indices=data.indices, folder=folder, group=group)
-    return 0
-
-
-@contextlib.contextmanager
-def _group(args):
-    """This process's :class:`~.distributed.Group` under torchrun (None otherwise). A failure
-    here is published to the other ranks, which then stop instead of waiting for this one."""
-    if not launched():
-        yield None
-        return
-    from .distributed import Group
-
-    group = Group.join(args.group_timeout)
-    try:
-        yield group
-    except GroupStopped:
-        raise
-    except BaseException as exc:
-        group.fail(_one_line(exc))
-        raise
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return text if isinstance(exc, (InputError, ValueError, TypeError)) else f"{type(exc).__name__}: {text}"
-
-
-def _rank() -> str:
-    """``"rank R: "`` under torchrun, where every rank's errors share one console."""
-    return f"rank {os.environ['RANK']}: " if launched() else ""
-
-
-def cmd_attack(args) -> int:
-    from .attack import AttackConfig, attack_to_folder, check_clip
-    from .inputs import load_model, resolve_device
-    from .report import print_attack_table
-    from .runstore import RunFolder
-
-    if launched():
-        raise InputError("attack runs in one process: start it with python -m retrievalguard_fast, not torchrun")
-    device = resolve_device(args.device)
-    data = load_data(args)
-    if not hasattr(data.queries, "iter_chunks"):  # an array: checked before any work (images: as read)
-        check_clip(data.queries, args.clip, f"--queries {args.queries}")
-    model, model_id = load_model(args.model)
-    config = AttackConfig(radii=tuple(args.radii), models=tuple(args.models), steps=args.steps, eot=args.eot,
-                          restarts=args.restarts, step_size=args.step_size, temperature=args.temperature,
-                          clip=tuple(args.clip), n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
-                          soft_bound=args.soft_bound)
-    with RunFolder(args.out) as folder:  # held from here: the gallery embeddings are cached in it
-        gallery = data.build_gallery(model, model_id, device, args.batch_size, folder=folder, quiet=args.quiet)
-        summary = attack_to_folder(folder, _retriever(args, model, gallery), data.queries, data.labels,
-                                   identity={"model": model_id, **data.identity}, config=config, exclude=data.exclude,
-                                   indices=data.indices, certified=args.certified, resume=args.resume, quiet=args.quiet)
-    print_attack_table(summary, color=sys.stdout.isatty())
-    print(f"\nwrote {os.path.join(args.out, RESULTS)}, summary.json, summary.csv, attack_vs_certified.png")
-    # A certified query broken inside its radius is a soundness failure: a non-zero status.
-    return 1 if summary.get("certified", {}).get("alarm", {}).get("broken_inside_radius") else 0
-
-
-def cmd_bench(args) -> int:
-    from .bench import run as run_bench
-
-    rest = list(args.bench_args)
-    name = rest.pop(0) if rest and not rest[0].startswith("-") else "all"
-    if name not in BENCH_NAMES:
-        raise InputError(f"bench: unknown benchmark {name!r}; expected one of {', '.join(BENCH_NAMES)}")
-    for one in (["kernels", "certify"] if name == "all" else [name]):
-        print(f"\n===== bench {one} =====", flush=True)
-        run_bench(one, rest)
-    return 0
-
-
-def cmd_info(_args) -> int:
-    from . import __version__, build_info
-
-    print(json.dumps({"version": __version__, **build_info()}, indent=2))
-    return 0
+# ---------------------------------------------------------------------- options
 
 
 def _add_run_options(p: argparse.ArgumentParser, *, sigma: Optional[float], out: Optional[str]) -> None:
     """The options of a certification run (demo, certify)."""
     _add_smoothing_options(p, sigma=sigma, out=out)
-    p.add_argument("--mode", choices=["sequential", "fixed-n"], default="sequential",
+    p.add_argument("--mode", choices=[SEQUENTIAL, FIXED], default=SEQUENTIAL,
                    help="sequential (default): stop each query once every --radii value is certified or out of "
                         "reach (bounds at alpha/checkpoints); fixed-n: always draw n samples")
     p.add_argument("--first-checkpoint", type=_positive_int, default=1000,
@@ -310,8 +127,7 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gallery", help=".npz with labels (N,) and embeddings (N, k) or images x (N, *input_shape); "
                                      "or folder:DIR or list:FILE (the same source as --queries: leave-one-out)")
     p.add_argument("--dataset", metavar="NAME:ROOT",
-                   help="a benchmark in its published layout, instead of --queries/--gallery: sop:ROOT (Stanford "
-                        "Online Products), cub:ROOT (CUB-200-2011), cars:ROOT (CARS196), inshop:ROOT (In-Shop)")
+                   help="a benchmark in its published layout, instead of --queries/--gallery: " + layouts_help())
     p.add_argument("--every", type=_positive_int, default=1, help="take every K-th query (default 1: all)")
     p.add_argument("--max-queries", type=_positive_int, default=None,
                    help="take at most the first N queries (after --every); the gallery stays whole")
@@ -323,8 +139,6 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def _models(text: str) -> List[str]:
-    from .attack import MODELS
-
     values = [t.strip() for t in text.split(",") if t.strip()]
     if not values or any(v not in MODELS for v in values):
         raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(MODELS)}, got {text!r}")
@@ -370,13 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="certify the embedded default: scikit-learn digits and a shipped model")
     _add_run_options(demo, sigma=0.25, out="retrievalguard-demo")
     demo.add_argument("--queries", type=_positive_int, default=None, help="certify only the first N queries")
-    demo.set_defaults(func=cmd_demo)
     cert = sub.add_parser("certify", help="certify your own model and data")
     _add_model_option(cert)
     _add_data_options(cert)
     _add_run_options(cert, sigma=None, out=None)
     _add_group_options(cert)
-    cert.set_defaults(func=cmd_certify)
     attack = sub.add_parser("attack", help="empirical robustness: PGD+EOT against the smoothed and base models",
                             description="l2 PGD with expectation over the noise against the soft and vote smoothed "
                                         "models and the base model at each --radii value; a query is broken only if "
@@ -390,50 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "points that cannot be broken; --num-samples more test it",
                            n_help="samples of each re-estimate that test a break")
     _add_attack_options(attack)
-    attack.set_defaults(func=cmd_attack)
     bench = sub.add_parser("bench", help="benchmarks against numpy/torch/faiss baselines, measured in the same run",
                            usage="python -m retrievalguard_fast bench [{all,kernels,certify,sequential,model-stage,data}] [options]",
                            description="Run a benchmark; options after the name go to it (e.g. bench kernels --help). "
                                        "Without a name (options alone, e.g. bench --device cpu) runs all: kernels, "
                                        "then certify, each with those options.")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="the benchmark's name, then its options")
-    bench.set_defaults(func=cmd_bench, debug=False)
+    bench.set_defaults(debug=False)
     info = sub.add_parser("info", help="what was compiled in, and which devices are usable")
     info.add_argument("--debug", action="store_true")
-    info.set_defaults(func=cmd_info)
     return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"] and argv[1:2] not in (["-h"], ["--help"]):
-        # Everything after "bench" belongs to the benchmarks (argparse would take a leading
-        # option such as --device for its own and refuse it).
-        args = argparse.Namespace(func=cmd_bench, bench_args=argv[1:], debug=False)
-    else:
-        args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except RunInterrupted as exc:
-        print(exc, file=sys.stderr)
-        return 130
-    except GroupStopped as exc:  # another rank failed and said why; this one only stops
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except InputError as exc:
-        if args.debug:
-            raise
-        print(f"error: {_rank()}{exc}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError) as exc:
-        if args.debug:
-            raise
-        print(f"error: {_rank()}{str(exc).splitlines()[0]} (rerun with --debug for the traceback)", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001
-        if args.debug or not launched():
-            raise
-        # Under torchrun every rank's traceback would interleave in one console; one line each.
-        print(f"error: {_rank()}{_one_line(exc)} (rerun with --debug for the traceback)", file=sys.stderr)
-        return 1

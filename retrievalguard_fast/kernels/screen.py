@@ -20,9 +20,9 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
-from . import _arrays as arr
-from ._backend import _core, backend_for
-from ._problems import raise_input_problems
+from . import arrays as arr
+from .backend import _core, backend_for
+from .problems import raise_input_problems
 
 __all__ = ["nn_vote_screened", "screen_rel_error", "ScreenedVote", "SCREEN_PRECISIONS", "MAX_SCREEN_CANDIDATES"]
 

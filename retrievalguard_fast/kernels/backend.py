@@ -22,8 +22,7 @@ from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 
-from ._arrays import numpy_view, torch_module
-
+from .arrays import numpy_view, torch_module
 
 # Bump with any change to the compiled modules' functions; checked at import so that Python code
 # and compiled modules of different versions are never mixed. The only place the number is
@@ -38,7 +37,7 @@ def _find_installed_build() -> Optional[str]:
     repository root). The source tree itself holds no compiled modules."""
     here = os.path.dirname(os.path.abspath(__file__))
     for entry in sys.path:
-        candidate = os.path.join(os.path.abspath(entry or "."), "retrievalguard_fast")
+        candidate = os.path.join(os.path.abspath(entry or "."), "retrievalguard_fast", "kernels")
         if candidate != here and glob.glob(os.path.join(candidate, "_core.*")):
             return candidate
     return None

@@ -16,8 +16,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import numpy as np
 import torch
 
-from . import _ops
-from .certify import Evidence, QueryCertificate
+from .. import kernels
+from .certify import Evidence
+from .record import QueryCertificate
 from .sequential import Schedule
 
 
@@ -116,8 +117,8 @@ class Sampler:
             batch = self._plan_batch(active, pending)
             rows = 0
             for c in batch:
-                _ops.gaussian_noise(self.x[c.query], r.sigma, c.count, seed=r.seed, stream=int(self.indices[c.query]),
-                                    start=c.start, out=buffer[rows : rows + c.count], check=False)
+                kernels.gaussian_noise(self.x[c.query], r.sigma, c.count, seed=r.seed, stream=int(self.indices[c.query]),
+                                       start=c.start, out=buffer[rows : rows + c.count], check=False)
                 rows += c.count
             with torch.inference_mode():
                 emb = r.embed(buffer, "certify")[:rows]
@@ -127,9 +128,9 @@ class Sampler:
                 rows += c.count
                 st = self.state[c.query]
                 try:
-                    cnt, s = _ops.nn_vote(part, r.gallery.embeddings, r.gallery.labels, self.classes,
-                                          exclude=int(self.exclude[c.query]), check=check_each_batch,
-                                          precision=r.nn_precision)
+                    cnt, s = kernels.nn_vote(part, r.gallery.embeddings, r.gallery.labels, self.classes,
+                                             exclude=int(self.exclude[c.query]), check=check_each_batch,
+                                             precision=r.nn_precision)
                 except ValueError as exc:
                     raise ValueError(f"certify: query {int(self.indices[c.query])}: model output is unusable ({exc})") from exc
                 (st.counts_sel if c.selection else st.counts_cert).add_(cnt)
@@ -148,3 +149,24 @@ class Sampler:
                         active.remove(q)
                         del self.state[q]
                         yield cert
+
+
+def smoothed_evidence(retriever, x: torch.Tensor, *, seed: int, stream: int, start: int, count: int, exclude: int,
+                      what: str):
+    """The smoothed model's evidence at one point ``x``: the 1-NN votes (int64, per class) and the
+    float64 sum of the normalised embeddings of samples ``start .. start + count - 1`` of noise
+    stream ``stream`` under ``seed``, in batches of at most ``batch_size`` rows (the attack's
+    re-estimates; :meth:`Sampler.run` packs many queries into full batches instead)."""
+    g = retriever.gallery
+    votes = torch.zeros(g.num_classes, dtype=torch.int64, device=retriever.device)
+    sums = torch.zeros(g.dim, dtype=torch.float64, device=retriever.device)
+    bs = retriever.batch_size
+    with torch.inference_mode():
+        for a in range(0, count, bs):
+            rows = min(bs, count - a)
+            noisy = kernels.gaussian_noise(x, retriever.sigma, rows, seed=seed, stream=stream, start=start + a)
+            cnt, s = kernels.nn_vote(retriever.embed(noisy, what), g.embeddings, g.labels, g.num_classes,
+                                     exclude=exclude, precision=retriever.nn_precision)
+            votes.add_(cnt)
+            sums.add_(s)
+    return votes.cpu().numpy(), sums.cpu().numpy()

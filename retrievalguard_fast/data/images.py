@@ -1,11 +1,11 @@
-"""Image data sets as users have them on disk: the deep-metric-learning benchmarks in their
-published layouts, class folders and CSV lists, decoded with Pillow and streamed through a torch
+"""Image data sets as users have them on disk: class folders and CSV lists (and the image sets of
+the benchmark layouts, :mod:`~.layouts`), decoded with Pillow and streamed through a torch
 DataLoader.
 
 - :class:`ImageSet`: a list of image files with integer labels (and where each entry was listed,
-  for error messages); built by the layout parsers :func:`sop`, :func:`cub`, :func:`cars`,
-  :func:`inshop` (:func:`benchmark` by name) and the sources :func:`folder_source`,
-  :func:`list_source`. Nothing is decoded while parsing; every listed file is checked to exist.
+  for error messages); built by the benchmark layouts of :mod:`~.layouts` and the sources
+  :func:`folder_source`, :func:`list_source`. Nothing is decoded while parsing; every listed file
+  is checked to exist.
 - :class:`Preprocess`: decode to RGB in [0, 1], resize the shorter side, centre-crop (the
   evaluation transform of Roth et al.'s framework, ``Resize(256)`` + ``CenterCrop(224)``, written
   with Pillow because torchvision's wheels do not load against the CPU torch build).
@@ -26,14 +26,13 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-BENCHMARKS = ("sop", "cub", "cars", "inshop")
 
 
 @dataclass
@@ -76,139 +75,40 @@ class Split:
     leave_one_out: bool
 
 
-# ---------------------------------------------------------------------- layouts
+# ---------------------------------------------------------------------- listings
 
 
-def _need_file(path: str, what: str) -> str:
+def need_file(path: str, what: str) -> str:
     if not os.path.isfile(path):
         raise InputError(f"{what}: {path}: no such file")
     return path
 
 
-def _image_at(root: str, rel: str, where: str) -> str:
+def image_at(root: str, rel: str, where: str) -> str:
     path = os.path.normpath(os.path.join(root, rel))
     if not os.path.isfile(path):
         raise InputError(f"{where}: image {rel!r} not found (looked for {path})")
     return path
 
 
-def _int(text: str, where: str, what: str) -> int:
+def parse_int(text: str, where: str, what: str) -> int:
     try:
         return int(text)
     except ValueError:
         raise InputError(f"{where}: {what} must be an integer, got {text!r}") from None
 
 
-def _lines(path: str) -> List[Tuple[int, List[str]]]:
+def read_lines(path: str) -> List[Tuple[int, List[str]]]:
     """(line number, whitespace-separated fields) of each non-blank line."""
     with open(path, encoding="utf-8") as f:
         return [(k, line.split()) for k, line in enumerate(f, 1) if line.strip()]
 
 
-def _image_set(source: str, entries: List[Tuple[str, int, str]]) -> ImageSet:
+def image_set(source: str, entries: List[Tuple[str, int, str]]) -> ImageSet:
     if not entries:
         raise InputError(f"{source}: lists no images")
     paths, labels, where = zip(*entries)
     return ImageSet(list(paths), np.asarray(labels, dtype=np.int64), list(where), source)
-
-
-def sop(root: str) -> Split:
-    """Stanford Online Products: ``Ebay_test.txt`` (header ``image_id class_id super_class_id
-    path``), images under ROOT; labels are class ids; queries = gallery, leave-one-out."""
-    split = _need_file(os.path.join(root, "Ebay_test.txt"), f"--dataset sop:{root}")
-    lines = _lines(split)
-    header = ["image_id", "class_id", "super_class_id", "path"]
-    if not lines or lines[0][1] != header:
-        raise InputError(f"{split} line 1: expected the header {' '.join(header)!r}, got "
-                         f"{' '.join(lines[0][1]) if lines else 'an empty file'!r}")
-    entries = []
-    for k, fields in lines[1:]:
-        where = f"{split} line {k}"
-        if len(fields) != 4:
-            raise InputError(f"{where}: expected 4 fields (image_id class_id super_class_id path), got {len(fields)}")
-        entries.append((_image_at(root, fields[3], where), _int(fields[1], where, "class_id"), where))
-    images = _image_set(f"sop:{root}", entries)
-    return Split(images, images, leave_one_out=True)
-
-
-def cub(root: str) -> Split:
-    """CUB-200-2011: ``images.txt`` (``image_id path``) and ``image_class_labels.txt``
-    (``image_id class_id``), images under ROOT/images; the test split is classes 101-200."""
-    names = _need_file(os.path.join(root, "images.txt"), f"--dataset cub:{root}")
-    labels_file = _need_file(os.path.join(root, "image_class_labels.txt"), f"--dataset cub:{root}")
-    label_of: Dict[str, Tuple[int, str]] = {}
-    for k, fields in _lines(labels_file):
-        where = f"{labels_file} line {k}"
-        if len(fields) != 2:
-            raise InputError(f"{where}: expected 2 fields (image_id class_id), got {len(fields)}")
-        label_of[fields[0]] = (_int(fields[1], where, "class_id"), where)
-    entries = []
-    for k, fields in _lines(names):
-        where = f"{names} line {k}"
-        if len(fields) != 2:
-            raise InputError(f"{where}: expected 2 fields (image_id path), got {len(fields)}")
-        if fields[0] not in label_of:
-            raise InputError(f"{where}: image_id {fields[0]} has no line in {labels_file}")
-        label = label_of[fields[0]][0]
-        if label >= 101:  # the DML protocol: train on classes 1-100, test on 101-200
-            entries.append((_image_at(os.path.join(root, "images"), fields[1], where), label, where))
-    images = _image_set(f"cub:{root} (classes 101-200)", entries)
-    return Split(images, images, leave_one_out=True)
-
-
-def cars(root: str) -> Split:
-    """CARS196: ``cars_annos.mat`` (read with scipy), images at ROOT/relative_im_path; the test
-    split is classes 99-196 (the DML protocol, not the file's own ``test`` flag)."""
-    from scipy.io import loadmat
-
-    mat = _need_file(os.path.join(root, "cars_annos.mat"), f"--dataset cars:{root}")
-    try:
-        annotations = loadmat(mat, squeeze_me=True)["annotations"]
-        rel_paths = np.atleast_1d(annotations["relative_im_path"])
-        classes = np.atleast_1d(annotations["class"])
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets one line
-        raise InputError(f"{mat}: expected a MATLAB file with a struct array 'annotations' with fields "
-                         f"relative_im_path and class ({exc.__class__.__name__}: {exc})") from None
-    entries = []
-    for k, (rel, cls) in enumerate(zip(rel_paths, classes), 1):
-        where = f"{mat} annotation {k}"
-        label = _int(str(cls), where, "class")
-        if label >= 99:
-            entries.append((_image_at(root, str(rel), where), label, where))
-    images = _image_set(f"cars:{root} (classes 99-196)", entries)
-    return Split(images, images, leave_one_out=True)
-
-
-def inshop(root: str) -> Split:
-    """In-Shop Clothes Retrieval: ``list_eval_partition.txt`` (a count line, the header
-    ``image_name item_id evaluation_status``, then one line per image); its own query and
-    gallery sets; labels are the numbers of the item ids (``id_00000002`` -> 2)."""
-    split = _need_file(os.path.join(root, "list_eval_partition.txt"), f"--dataset inshop:{root}")
-    lines = _lines(split)
-    header = ["image_name", "item_id", "evaluation_status"]
-    if len(lines) < 2 or lines[1][1] != header:
-        got = " ".join(lines[1][1]) if len(lines) >= 2 else "nothing"
-        raise InputError(f"{split} line 2: expected the header {' '.join(header)!r} (after a count line), got {got!r}")
-    sets: Dict[str, list] = {"query": [], "gallery": []}
-    for k, fields in lines[2:]:
-        where = f"{split} line {k}"
-        if len(fields) != 3:
-            raise InputError(f"{where}: expected 3 fields (image_name item_id evaluation_status), got {len(fields)}")
-        if fields[2] in sets:
-            item = fields[1][3:] if fields[1].startswith("id_") else fields[1]
-            sets[fields[2]].append((_image_at(root, fields[0], where), _int(item, where, "item_id's number"), where))
-    return Split(_image_set(f"inshop:{root} (query)", sets["query"]),
-                 _image_set(f"inshop:{root} (gallery)", sets["gallery"]), leave_one_out=False)
-
-
-def benchmark(spec: str) -> Split:
-    """``NAME:ROOT`` (sop, cub, cars, inshop) -> its evaluation split."""
-    name, _, root = spec.partition(":")
-    if name not in BENCHMARKS or not root:
-        raise InputError(f"--dataset {spec}: expected NAME:ROOT with NAME one of {', '.join(BENCHMARKS)}")
-    if not os.path.isdir(root):
-        raise InputError(f"--dataset {spec}: {root} is not a folder")
-    return {"sop": sop, "cub": cub, "cars": cars, "inshop": inshop}[name](root)
 
 
 def class_folders(root: str, what: str) -> List[str]:
@@ -234,12 +134,12 @@ def folder_source(root: str, what: str, classes: Optional[List[str]] = None) -> 
             raise InputError(f"{what} folder:{root}: class folder {sub} holds no images "
                              f"(expected files ending in {', '.join(IMAGE_EXTENSIONS)})")
         entries += [(os.path.join(sub, f), label_of[name], sub) for f in files]
-    return _image_set(f"folder:{root}", entries)
+    return image_set(f"folder:{root}", entries)
 
 
 def list_source(path: str, what: str) -> ImageSet:
     """``list:FILE``: a CSV with header ``path,label``; paths relative to the file's folder."""
-    _need_file(path, f"{what} list:{path}")
+    need_file(path, f"{what} list:{path}")
     base = os.path.dirname(os.path.abspath(path))
     entries = []
     with open(path, newline="", encoding="utf-8") as f:
@@ -253,11 +153,11 @@ def list_source(path: str, what: str) -> ImageSet:
                 continue
             if len(row) != 2:
                 raise InputError(f"{where}: expected 2 fields (path,label), got {len(row)}")
-            label = _int(row[1].strip(), where, "label")
+            label = parse_int(row[1].strip(), where, "label")
             if label < 0:
                 raise InputError(f"{where}: label must be >= 0, got {label}")
-            entries.append((_image_at(base, row[0].strip(), where), label, where))
-    return _image_set(f"list:{path}", entries)
+            entries.append((image_at(base, row[0].strip(), where), label, where))
+    return image_set(f"list:{path}", entries)
 
 
 # ---------------------------------------------------------------------- decoding

@@ -25,20 +25,20 @@ together with probability at least ``1 - 2 alpha``, not ``1 - alpha``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
 
-from . import _arrays as arr
-from ._ops import nn_search
-from .certify import ABSTAIN, QueryCertificate, certify_step
-from .errors import is_out_of_memory
+from ..errors import is_out_of_memory
+from ..kernels import arrays as arr
+from ..kernels import nn_search
+from ..kernels.screen import SCREEN_PRECISIONS
+from .certify import certify_step
+from .config import CertifyConfig
 from .gallery import Gallery
+from .record import ABSTAIN, QueryCertificate
 from .sampler import Sampler
-from .screen import SCREEN_PRECISIONS
-from .sequential import doubling_schedule, fixed_schedule
-from .stats import BENNETT, SOFT_BOUNDS
 
 __all__ = ["SmoothedRetriever", "QueryCertificate", "ABSTAIN"]
 
@@ -122,7 +122,7 @@ class SmoothedRetriever:
             raise ValueError(f"{what}: the model returns embeddings of dimension {e.shape[1]} but the gallery has {self.gallery.dim}")
         return e.float()
 
-    def _check_queries(self, x, labels, exclude, indices, n0, n, alpha, ks):
+    def _check_queries(self, x, labels, exclude, indices, config: CertifyConfig):
         op = "certify"
         if not isinstance(x, torch.Tensor):
             x = torch.as_tensor(np.asarray(x))
@@ -134,11 +134,8 @@ class SmoothedRetriever:
         if not torch.isfinite(x).all():
             raise ValueError(f"{op}: queries contain non-finite values")
         m = x.shape[0]
-        n0 = arr.check_int(op, "n0", n0, 1, 2**40)
-        n = arr.check_int(op, "n", n, 1, 2**40)
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < float(alpha) < 1.0:
-            raise ValueError(f"{op}: alpha must be a number in (0, 1), got {alpha!r}")
-        ks = tuple(sorted(set(arr.check_int(op, "ks", k, 1, len(self.gallery)) for k in ks))) or (1,)
+        for k in config.ks:  # Recall@K needs K gallery rows
+            arr.check_int(op, "ks", k, 1, len(self.gallery))
 
         def int_array(name, a, default, lo, hi):
             if a is None:
@@ -153,7 +150,7 @@ class SmoothedRetriever:
         labels = int_array("labels", labels, None, 0, 2**62)
         exclude = int_array("exclude", exclude, np.full(m, -1, np.int64), -1, len(self.gallery) - 1)
         indices = int_array("indices", indices, np.arange(m, dtype=np.int64), 0, 2**32 - 1)
-        return x, labels, exclude, indices, n0, n, float(alpha), ks
+        return x, labels, exclude, indices
 
     # ------------------------------------------------------------------ certification
 
@@ -175,11 +172,9 @@ class SmoothedRetriever:
                 out[a : a + len(e)] = self.gallery.labels_np[idx.cpu().numpy()]
         return out
 
-    def iter_certify(self, queries: Any, labels: Any = None, *, exclude: Any = None, indices: Any = None,
-                     n0: int = 100, n: int = 10_000, alpha: float = 0.001, ks: Sequence[int] = (1,),
-                     radii: Optional[Sequence[float]] = None, sequential: bool = False, first_checkpoint: int = 1000,
-                     soft_bound: str = BENNETT, on_batch: Optional[Callable[[int], None]] = None
-                     ) -> Iterator[QueryCertificate]:
+    def iter_certify(self, queries: Any, labels: Any = None, config: Optional[CertifyConfig] = None, *,
+                     exclude: Any = None, indices: Any = None, on_batch: Optional[Callable[[int], None]] = None,
+                     **settings: Any) -> Iterator[QueryCertificate]:
         """Certify queries, yielding each :class:`QueryCertificate` as it completes.
 
         ``queries``: (M, *input_shape). ``labels``: true labels (for Recall@K radii and the
@@ -187,43 +182,36 @@ class SmoothedRetriever:
         ``indices``: each query's noise stream (default 0..M-1); give the dataset index so that a
         query's result does not depend on which other queries are certified with it.
 
-        Fixed-n mode (default): every query draws ``n0`` selection and ``n`` certification
-        samples. ``sequential=True`` (with ``radii``, the radii that matter) makes ``n`` a cap: a
-        query stops at the first checkpoint of a doubling schedule (from ``first_checkpoint``)
-        where each radius is certified or out of reach, for the vote and the soft model; every
-        bound is then taken at level ``alpha / J`` over the ``J`` checkpoints (see
-        :mod:`retrievalguard_fast.sequential`). Results are reported at the stopping checkpoint.
-
-        ``soft_bound``: the Monte-Carlo bound on the mean embedding behind every soft radius,
-        "bennett" (default: variance-adaptive, never looser) or "mcdiarmid" (RetrievalGuard's
-        published form); see :func:`~.stats.mean_embedding_deviation`.
+        ``config``: a :class:`~.config.CertifyConfig` (default: its defaults), with any of its
+        settings replaced by keyword (``n0=``, ``n=``, ``alpha=``, ``ks=``, ``mode=``, ``radii=``,
+        ``first_checkpoint=``, ``soft_bound=``). Fixed-n mode (default): every query draws ``n0``
+        selection and ``n`` certification samples. ``mode="sequential"`` makes ``n`` a cap: a query
+        stops at the first checkpoint of a doubling schedule (from ``first_checkpoint``) where each
+        of ``radii`` is certified or out of reach, for the vote and the soft model; every bound is
+        then taken at level ``alpha / J`` over the ``J`` checkpoints (see
+        :mod:`~.sequential`). Results are reported at the stopping checkpoint. ``soft_bound``: the
+        Monte-Carlo bound on the mean embedding behind every soft radius (see
+        :func:`~.stats.mean_embedding_deviation`).
 
         Queries share batches: as one stops, the next starts, so batches stay full. Results are
         yielded as queries complete (not necessarily in input order); ``on_batch(samples)`` is
         called after each model batch (progress bars).
         """
-        x, labels, exclude, indices, n0, n, alpha, ks = self._check_queries(
-            queries, labels, exclude, indices, n0, n, alpha, ks)
-        if soft_bound not in SOFT_BOUNDS:
-            raise ValueError(f"certify: soft_bound must be one of {', '.join(SOFT_BOUNDS)}, got {soft_bound!r}")
-        if sequential:
-            if radii is None or len(radii) == 0:
-                raise ValueError("certify: sequential=True needs radii (the radii at which to decide each query)")
-            schedule = doubling_schedule(n, alpha, [float(r) for r in radii],
-                                         first=arr.check_int("certify", "first_checkpoint", first_checkpoint, 1, n))
-        else:
-            schedule = fixed_schedule(n, alpha)
+        config = CertifyConfig.of(config, **settings)
+        x, labels, exclude, indices = self._check_queries(queries, labels, exclude, indices, config)
+        schedule = config.schedule()
         m = len(x)
         if m == 0:
             return
         clean = self.clean_predictions(x, exclude)  # also validates the model on these inputs
-        sampler = Sampler(self, x, labels, exclude, indices, clean, n0, schedule)
-        yield from sampler.run(lambda evidence: certify_step(evidence, self.gallery, self.sigma, schedule, ks, soft_bound),
-                               on_batch)
+        sampler = Sampler(self, x, labels, exclude, indices, clean, config.n0, schedule)
+        yield from sampler.run(lambda evidence: certify_step(evidence, self.gallery, self.sigma, schedule, config.ks,
+                                                             config.soft_bound), on_batch)
 
-    def certify(self, queries: Any, labels: Any = None, **kwargs) -> List[QueryCertificate]:
+    def certify(self, queries: Any, labels: Any = None, config: Optional[CertifyConfig] = None,
+                **kwargs: Any) -> List[QueryCertificate]:
         """All queries' certificates as a list, in input order (see :meth:`iter_certify`)."""
-        certs = list(self.iter_certify(queries, labels, **kwargs))
+        certs = list(self.iter_certify(queries, labels, config, **kwargs))
         order = {int(i): k for k, i in enumerate(kwargs.get("indices") if kwargs.get("indices") is not None
                                                  else range(len(certs)))}
         return sorted(certs, key=lambda c: order[c.index])

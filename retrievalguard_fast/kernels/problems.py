@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from ._backend import _core
+from .backend import _core
 
 #: Rows whose squared norm exceeds this are refused (the float32 distance expansion overflows).
 MAX_ROW_NORM2 = float(_core.max_row_norm2)

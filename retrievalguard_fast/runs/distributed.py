@@ -26,6 +26,9 @@ from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from ..durable import atomic_write
+from ..errors import OUT, InputError
+
 # What torchrun (and any torch.distributed launcher using env://) sets for each worker.
 LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 POLL_SECONDS = 0.05
@@ -125,26 +128,21 @@ class Group:
         """Rank 0, holding ``out``'s lock: a token for this attempt, written into ``out`` and the
         store, by which the other ranks check (:meth:`check_folder`) that they see that folder."""
         token = f"{self.run_id}/{self.attempt}/{os.getpid()}/{time.time_ns()}"
-        path = os.path.join(out, FOLDER_TOKEN)
-        with open(path + ".tmp", "w") as f:
-            f.write(token)
-        os.replace(path + ".tmp", path)
+        atomic_write(os.path.join(out, FOLDER_TOKEN), lambda f: f.write(token))
         self.store.set("folder-token", token)
 
     def check_folder(self, out: str) -> None:
         """Another rank: raise unless ``out`` holds rank 0's token. A node that sees another folder
         under the same name (``--out`` not on a shared file system) would otherwise certify all of
         the run's queries again and write results that no merge reads."""
-        from .errors import InputError
-
         try:
             with open(os.path.join(out, FOLDER_TOKEN)) as f:
                 seen = f.read()
         except OSError:
             seen = None
         if seen != self.store.get("folder-token").decode():
-            raise InputError(f"--out {out}: this rank does not see the folder rank 0 locked (on several machines "
-                             "--out must be on a file system they share)")
+            raise InputError(f"{{out}} {out}: this rank does not see the folder rank 0 locked (on several machines "
+                             "{out} must be on a file system they share)", out=OUT)
 
     def announce(self, name: str) -> None:
         """Rank 0: ``name`` is done (e.g. the folder is locked and checked)."""

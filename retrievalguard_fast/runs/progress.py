@@ -1,10 +1,12 @@
-"""Progress of a certification run: a tqdm bar on a terminal, plain log lines (about every 10 s)
-otherwise (logs of batch jobs), nothing with ``quiet``."""
+"""Progress of a run: a tqdm bar on a terminal, plain log lines (about every 10 s) otherwise (logs
+of batch jobs), nothing with ``quiet``; the queries of a run (:class:`Progress`) and the images
+of a gallery being embedded (:func:`image_batches`)."""
 
 from __future__ import annotations
 
 import sys
 import time
+from typing import Iterable, Iterator
 
 
 class Progress:
@@ -51,3 +53,20 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def image_batches(batches: Iterable, total: int, what: str) -> Iterator:
+    """``batches`` unchanged, with a progress bar on a terminal; otherwise (logs) one line at the
+    end, so that an error while embedding stays the only line."""
+    if not sys.stderr.isatty():
+        started = time.perf_counter()
+        yield from batches
+        seconds = time.perf_counter() - started
+        print(f"{what}: {seconds:.1f} s, {total / max(seconds, 1e-9):,.0f} images/s", file=sys.stderr, flush=True)
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="image", desc="gallery", dynamic_ncols=True, file=sys.stderr) as bar:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch))

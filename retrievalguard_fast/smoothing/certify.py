@@ -15,52 +15,16 @@ docs/certification.md.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 
 from .certificates import SoftRadii, nearest_label, soft_radii, vote_radius
 from .gallery import Gallery
-from .sequential import FIXED, Schedule, soft_decided, vote_decided
+from .record import ABSTAIN, QueryCertificate
+from .sequential import Schedule, soft_decided, vote_decided
 from .stats import BENNETT, deviation_at_least, mean_embedding_deviation
-
-ABSTAIN = -1
-
-
-@dataclass
-class QueryCertificate:
-    """Everything certified about one query. Abstentions have prediction -1 and radius None."""
-
-    index: int
-    label: Optional[int]
-    clean_prediction: int
-    vote_prediction: int
-    vote_selected: int  # the label chosen by the n0 selection votes
-    vote_count: int  # fresh votes for it, out of vote_n
-    vote_n: int
-    vote_pA_lower: float
-    vote_radius: Optional[float]
-    soft_prediction: int
-    soft_gaussian_radius: Optional[float]
-    soft_lipschitz_radius: Optional[float]
-    soft_deviation: float  # the Monte-Carlo bound t on |F_hat - F| (run.json's soft_bound says which)
-    soft_recall_at_k: Dict[int, Dict[str, Optional[float]]] = field(default_factory=dict)
-    samples: int = 0  # noisy samples drawn for this query (n0 + vote_n)
-    seconds: float = 0.0
-    mode: str = FIXED  # "fixed-n" or "sequential" (bounds at alpha / number of checkpoints)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["soft_recall_at_k"] = {str(k): v for k, v in self.soft_recall_at_k.items()}
-        return d
-
-    @classmethod
-    def from_dict(cls, record: dict) -> "QueryCertificate":
-        """The certificate of a record written by :meth:`to_dict` (fields it does not know are ignored)."""
-        fields = {k: v for k, v in record.items() if k in cls.__dataclass_fields__}
-        fields["soft_recall_at_k"] = {int(k): v for k, v in record.get("soft_recall_at_k", {}).items()}
-        return cls(**fields)
 
 
 @dataclass

@@ -1,0 +1,108 @@
+"""Reports of an attack run from its summary: the rows of summary.csv, the certified-vs-empirical
+plot and the terminal table (with the soundness alarm)."""
+
+from __future__ import annotations
+
+from typing import Iterator, List
+
+from ..report.writer import figure, save, write_summary_files
+from .summary import ATTACKED_CERTIFICATES
+
+PLOT = "attack_vs_certified.png"
+#: Display name and colour of each attacked model.
+MODEL_STYLES = {"vote": ("vote", "C0"), "soft": ("soft", "C1"), "base": ("base (no noise)", "C2")}
+
+
+def _cert_key(model: str):
+    cert = ATTACKED_CERTIFICATES.get(model)
+    return None if cert is None else cert.key
+
+
+def csv_rows(summary: dict) -> Iterator[List]:
+    for model, values in summary["empirical_robust_recall_at_1"].items():
+        for r, v in values.items():
+            yield [model, "empirical_robust_recall_at_1", r, v]
+    for cert, values in summary.get("certified", {}).get("certified_recall_at_1", {}).items():
+        for r, v in values.items():
+            yield [cert, "certified_recall_at_1", r, v]
+    if "certified" in summary:
+        yield ["all", "certified_broken_inside_radius", "", summary["certified"]["alarm"]["broken_inside_radius"]]
+
+
+def write_attack_reports(out: str, summary: dict) -> None:
+    """summary.json, summary.csv and attack_vs_certified.png in ``out``, each replaced atomically."""
+    write_summary_files(out, summary, csv_rows(summary), plot_attack, PLOT)
+
+
+def plot_attack(summary: dict, path: str) -> None:
+    """Per model: certified Recall@1 (solid, a lower bound) and empirical robust Recall@1 under
+    the attack (dashed steps through the attacked radii, an upper bound)."""
+    fig, ax = figure()
+    cert = summary.get("certified")
+    top = summary["radii"][-1] * 1.05 or 0.1
+    for model, (name, color) in MODEL_STYLES.items():
+        cert_key = _cert_key(model)
+        if model not in summary["empirical_robust_recall_at_1"]:
+            continue
+        if cert is not None and cert_key is not None:
+            curve = cert["certified_recall_curve"]
+            ax.plot(curve["radius"], curve[cert_key], color=color, lw=2,
+                    label=f"{name}: certified ({'Gaussian bound' if cert_key == 'gaussian' else 'Cohen'}), lower")
+        emp = summary["empirical_robust_recall_at_1"][model]
+        rs, vs = [float(r) for r in emp], list(emp.values())
+        ax.plot(rs + [top], vs + [vs[-1]], color=color, lw=1.5, ls="--", drawstyle="steps-post",
+                label=f"{name}: attack (PGD+EOT), upper")
+        ax.plot(rs, vs, "o", color=color, ms=4)
+    p = summary["parameters"]
+    ax.set_xlabel("l2 radius (input space)")
+    ax.set_ylabel("robust Recall@1")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlim(0, top)
+    ax.grid(alpha=0.3)
+    title = (f"Certified (lower) vs empirical (upper) robust Recall@1: sigma={p['sigma']}, {summary['num_queries']} "
+             f"queries\nPGD {p['steps']} steps x {p['eot']} noise draws, {p['restarts']} restarts; "
+             f"breaks tested at alpha={p['alpha']}")
+    if cert is not None:
+        title += f"; {cert['alarm']['broken_inside_radius']} certified queries broken inside their radius"
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7, loc="upper right")
+    save(fig, path)
+
+
+def print_attack_table(summary: dict, color: bool = False) -> None:
+    radii = summary["radii"]
+    p = summary["parameters"]
+    head = "".join(f"{'r=' + format(r, 'g'):>9}" for r in radii)
+    print(f"\nrobust Recall@1 ({summary['num_queries']} queries; attack: PGD {p['steps']} steps x {p['eot']} noise draws, "
+          f"{p['restarts']} restarts; breaks tested with fresh noise at alpha={p['alpha']})")
+    print(f"  {'model':<30}{head}")
+    cert = summary.get("certified")
+    for model, (name, _) in MODEL_STYLES.items():
+        cert_key = _cert_key(model)
+        if model not in summary["empirical_robust_recall_at_1"]:
+            continue
+        if cert is not None and cert_key is not None:
+            vals = cert["certified_recall_at_1"][cert_key]
+            label = f"{name}, certified" + (" (Gaussian)" if cert_key == "gaussian" else "")
+            print(f"  {label:<30}" + "".join(f"{vals[str(float(r))]:>9.3f}" for r in radii))
+        vals = summary["empirical_robust_recall_at_1"][model]
+        print(f"  {name + ', attack (upper)':<30}" + "".join(f"{vals[str(float(r))]:>9.3f}" for r in radii))
+    c = summary["cost_per_query"]
+    line = (f"\ncost per query: attack {c['attack_seconds']:.3f} s ({c['attack_model_rows']:,.0f} model rows forward and "
+            f"backward, {c['re_estimate_samples']:,.0f} re-estimate samples) on {summary['device']}")
+    if cert is not None and cert.get("certify_wall_seconds_per_query") is not None:
+        line += f"; certification {cert['certify_wall_seconds_per_query']:.3f} s (wall time per query of its run)"
+    print(line)
+    if cert is not None:
+        alarm = cert["alarm"]
+        per = ", ".join(f"{k} {v['broken_inside_radius']} of {v['certified']} certified"
+                        + (f" ({v['disagree']} with another clean prediction, not compared)" if v["disagree"] else "")
+                        for k, v in alarm["by_model"].items())
+        text = f"soundness: {alarm['broken_inside_radius']} certified queries broken inside their certified radius ({per})"
+        if alarm["broken_inside_radius"]:
+            cases = "; ".join(f"query {c['index']} {c['model']}: broken at norm {c['break_norm']:.4g} < certified "
+                              f"{c['certified_radius']:.4g}" for c in alarm["cases"][:5])
+            text = f"SOUNDNESS ALARM: {text}: {cases}" + (" ..." if len(alarm["cases"]) > 5 else "")
+            if color:
+                text = f"\033[31m{text}\033[0m"
+        print(text)

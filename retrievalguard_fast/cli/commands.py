@@ -1,0 +1,141 @@
+"""The commands: each turns parsed arguments into library calls (:mod:`~..runs`,
+:mod:`~..data`, :mod:`~..attack`) and prints what they return. No run logic lives here."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from ..errors import BATCH_SIZE, InputError, out_of_memory_is_input_error
+from ..runs import RESULTS, attack_to_folder, build_gallery, certify_to_folder, coordinator_for_this_process
+from ..runs.distributed import launched
+from ..smoothing import CertifyConfig, SmoothedRetriever
+from .options import BENCH_NAMES
+
+
+def certify_config(args) -> CertifyConfig:
+    """The certification settings of the run options (demo, certify)."""
+    return CertifyConfig(n0=args.n0, n=args.n, alpha=args.alpha, ks=tuple(args.recall_k), mode=args.mode,
+                         radii=tuple(args.radii), first_checkpoint=args.first_checkpoint, soft_bound=args.soft_bound)
+
+
+def retriever(args, model, gallery) -> SmoothedRetriever:
+    return SmoothedRetriever(model, gallery, args.sigma, device=gallery.device, batch_size=args.batch_size,
+                             seed=args.seed, bf16=args.bf16, channels_last=args.channels_last, compile=args.compile,
+                             nn_precision=args.nn_precision)
+
+
+def load_data(args):
+    """The data options (:func:`~.options._add_data_options`) -> :class:`~..data.RunData`."""
+    from ..data import load_run_data
+
+    return load_run_data(queries=args.queries, gallery=args.gallery, dataset=args.dataset, every=args.every,
+                         max_queries=args.max_queries, resize=args.resize, crop=args.crop, workers=args.workers)
+
+
+def demo(args) -> int:
+    from ..data import resolve_device
+    from ..demo import default_weights_path, load_default_model, load_digits_split
+    from ..report import device_text, print_table
+    from ..smoothing import Gallery
+
+    if launched():
+        raise InputError("demo runs in one process; under torchrun use certify (see README, 'Across GPUs and "
+                         "machines')")
+    device = resolve_device(args.device)
+    data = load_digits_split()
+    model = load_default_model(args.sigma).to(device)
+    shipped = default_weights_path(args.sigma).exists()
+    with out_of_memory_is_input_error("embedding the gallery images", "{batch_size}", batch_size=BATCH_SIZE):
+        gallery = Gallery.from_model(model, data.gallery_x, data.gallery_y, device=device)
+    m = len(data.query_x) if args.queries is None else min(args.queries, len(data.query_x))
+    if not args.quiet:
+        print(f"demo: digits (scikit-learn), gallery {len(gallery)} images, {m} queries, "
+              f"{'shipped' if shipped else 'freshly trained'} MLP trained at sigma={args.sigma}; "
+              f"n0={args.n0}, n={args.n}{' (cap)' if args.mode == 'sequential' else ''}, alpha={args.alpha}, "
+              f"mode {args.mode}, device {device_text(device)}", file=sys.stderr)
+    identity = {"model": f"digits-mlp-sigma{args.sigma:g}" + ("" if shipped else "-trained"),
+                "data": "sklearn-digits-split0"}
+    # Rerunning the demo into the same folder continues (or just re-reports) the same run: its
+    # results are identical by construction. Other parameters into that folder are still refused.
+    summary = certify_to_folder(args.out, retriever(args, model, gallery), data.query_x[:m], data.query_y[:m],
+                                certify_config(args), identity=identity, resume=True, quiet=args.quiet)
+    print_table(summary)
+    print(f"\nwrote {os.path.join(args.out, RESULTS)}, summary.json, summary.csv, certified_recall.png")
+    return 0
+
+
+def certify(args) -> int:
+    from ..data import load_model, resolve_device
+    from ..report import print_table
+
+    with coordinator_for_this_process(args.group_timeout) as coordinator:
+        device = coordinator.device(resolve_device(args.device))
+        data = load_data(args)
+        model, model_id = load_model(args.model)
+        if max(args.recall_k) > data.gallery_size:
+            raise InputError(f"--recall-k {max(args.recall_k)} exceeds the gallery size {data.gallery_size}")
+        # The folder is held from here on (by rank 0 for a group): the gallery embeddings are
+        # cached in it, computed once by rank 0 and read there by the other ranks.
+        with coordinator.open_folder(args.out) as folder:
+            gallery = coordinator.share_gallery(folder, lambda: build_gallery(
+                data, model, model_id, device, args.batch_size, folder=folder, quiet=args.quiet or not coordinator.leader))
+            summary = certify_to_folder(folder, retriever(args, model, gallery), data.queries, data.labels,
+                                        certify_config(args), identity={"model": model_id, **data.identity},
+                                        exclude=data.exclude, indices=data.indices, resume=args.resume,
+                                        quiet=args.quiet, coordinator=coordinator)
+        if summary is not None:  # None on the ranks other than 0 of a torchrun group
+            print_table(summary)
+    return 0
+
+
+def attack(args) -> int:
+    from ..attack import AttackConfig, check_clip, print_attack_table
+    from ..data import load_model, resolve_device
+    from ..runs import RunFolder
+
+    if launched():
+        raise InputError("attack runs in one process: start it with python -m retrievalguard_fast, not torchrun")
+    device = resolve_device(args.device)
+    data = load_data(args)
+    if not hasattr(data.queries, "iter_chunks"):  # an array: checked before any work (images: as read)
+        check_clip(data.queries, args.clip, f"--queries {args.queries}")
+    model, model_id = load_model(args.model)
+    config = AttackConfig(radii=tuple(args.radii), models=tuple(args.models), steps=args.steps, eot=args.eot,
+                          restarts=args.restarts, step_size=args.step_size, temperature=args.temperature,
+                          clip=tuple(args.clip), n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
+                          soft_bound=args.soft_bound)
+    with RunFolder(args.out) as folder:  # held from here: the gallery embeddings are cached in it
+        gallery = build_gallery(data, model, model_id, device, args.batch_size, folder=folder, quiet=args.quiet)
+        summary = attack_to_folder(folder, retriever(args, model, gallery), data.queries, data.labels,
+                                   identity={"model": model_id, **data.identity}, config=config, exclude=data.exclude,
+                                   indices=data.indices, certified=args.certified, resume=args.resume, quiet=args.quiet)
+    print_attack_table(summary, color=sys.stdout.isatty())
+    print(f"\nwrote {os.path.join(args.out, RESULTS)}, summary.json, summary.csv, attack_vs_certified.png")
+    # A certified query broken inside its radius is a soundness failure: a non-zero status.
+    return 1 if summary.get("certified", {}).get("alarm", {}).get("broken_inside_radius") else 0
+
+
+def bench(args) -> int:
+    from ..bench import run as run_bench
+
+    rest = list(args.bench_args)
+    name = rest.pop(0) if rest and not rest[0].startswith("-") else "all"
+    if name not in BENCH_NAMES:
+        raise InputError(f"bench: unknown benchmark {name!r}; expected one of {', '.join(BENCH_NAMES)}")
+    for one in (["kernels", "certify"] if name == "all" else [name]):
+        print(f"\n===== bench {one} =====", flush=True)
+        run_bench(one, rest)
+    return 0
+
+
+def info(_args) -> int:
+    from .. import __version__
+    from ..kernels import build_info
+
+    print(json.dumps({"version": __version__, **build_info()}, indent=2))
+    return 0
+
+
+COMMANDS = {"demo": demo, "certify": certify, "attack": attack, "bench": bench, "info": info}

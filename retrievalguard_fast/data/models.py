@@ -1,0 +1,51 @@
+"""Devices and models of a run: ``--device`` resolved, ``--model`` loaded (a TorchScript file or a
+``package.module:factory``), and file digests that identify them."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+
+from ..errors import InputError
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA GPU is available here (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_model(spec: str):
+    import torch
+
+    if os.path.exists(spec):
+        try:
+            model = torch.jit.load(spec, map_location="cpu")
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"--model {spec}: not a loadable TorchScript file ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
+        return model, file_digest(spec)
+    if ":" not in spec:
+        raise InputError(f"--model {spec}: no such file; expected a TorchScript file or 'package.module:factory'")
+    module_name, factory_name = spec.split(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+        factory = getattr(module, factory_name)
+        model = factory()
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"--model {spec}: could not build the model ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"--model {spec}: the factory returned {type(model).__name__}, expected a torch.nn.Module")
+    return model, "factory:" + spec
