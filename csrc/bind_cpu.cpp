@@ -9,6 +9,7 @@
 
 #include <string>
 
+#include "common/bind_common.h"
 #include "common/nn_problem.h"
 #include "common/nn_screen.h"
 #include "common/rgf_macros.h"
@@ -126,13 +127,6 @@ void nn_screen(const CArray<float>& embeddings, const CArray<float>& gallery, in
   rgf::nn_screen_cpu(p, labels, num_classes, s, c, e, n, pr);
 }
 
-// name -> slot index, from common/nn_problem.h (Python reads the counts by name).
-py::dict problem_slots() {
-  py::dict d;
-  for (int i = 0; i < rgf::kNumProblemSlots; ++i) d[rgf::kProblemSlotNames[i]] = i;
-  return d;
-}
-
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -161,9 +155,7 @@ PYBIND11_MODULE(_core, m) {
   });
   m.def("num_threads", &rgf::cpu_num_threads);
   m.attr("cpu_arch") = RGF_CPU_ARCH_NAME;
-  m.attr("kernel_abi") = rgf::kKernelAbi;  // from retrievalguard_fast/_backend.py, via CMakeLists.txt
-  m.attr("problem_slots") = problem_slots();
-  m.attr("num_problem_slots") = static_cast<int>(rgf::kNumProblemSlots);
+  rgf::add_shared_attributes(m);  // kernel_abi, problem_slots, num_problem_slots
   m.attr("max_screen_candidates") = rgf::kMaxScreenCandidates;  // the largest `candidates` nn_screen accepts
   // The limits behind the bad_rows / rows_outside_unit_ball slots (Python names the offending row).
   m.attr("max_row_norm2") = rgf::kMaxRowNorm2;

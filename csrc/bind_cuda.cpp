@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "common/bind_common.h"
 #include "common/nn_problem.h"
 #include "cuda/cuda_check.h"
 #include "cuda/nn_cuda.h"
@@ -104,13 +105,6 @@ void nn_screen(int device, uintptr_t stream, uintptr_t embeddings, int64_t rows,
                       ptr<int64_t>(problems));
 }
 
-// name -> slot index, from common/nn_problem.h (Python reads the counts by name).
-py::dict problem_slots() {
-  py::dict d;
-  for (int i = 0; i < rgf::kNumProblemSlots; ++i) d[rgf::kProblemSlotNames[i]] = i;
-  return d;
-}
-
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
@@ -132,9 +126,7 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("num_classes"), py::arg("exclude"), py::arg("normalize"), py::arg("scores"),
         py::arg("scores_bf16"), py::arg("candidates"), py::arg("rel_error"), py::arg("counts"),
         py::arg("embedding_sum"), py::arg("nearest"), py::arg("problems"));
-  m.attr("kernel_abi") = rgf::kKernelAbi;  // from retrievalguard_fast/_backend.py, via CMakeLists.txt
-  m.attr("problem_slots") = problem_slots();
-  m.attr("num_problem_slots") = static_cast<int>(rgf::kNumProblemSlots);
+  rgf::add_shared_attributes(m);  // kernel_abi, problem_slots, num_problem_slots
   m.attr("architectures") = RGF_CUDA_ARCHS;
   m.attr("compiler_version") = RGF_CUDA_COMPILER_VERSION;
 }

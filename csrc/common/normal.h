@@ -84,4 +84,29 @@ RGF_HD Float4 normal_block(uint64_t seed, uint32_t stream, uint64_t sample, uint
   return Float4{p.first, p.second, q.first, q.second};
 }
 
+// The rounding of noisy_block to a float32 output (the CPU module's only output type).
+struct KeepFloat {
+  RGF_HD float operator()(float v) const { return v; }
+};
+
+// One Philox block of a noisy sample, the one body of both modules' gaussian_noise kernels
+// (cpu/noise_cpu.h, cuda/noise_cuda.h). With x and out pointing at the block's first element
+// (element 4 block of the sample) and z = normal_block(seed, stream, sample, block), it writes
+// out[l] = Convert{}(fmaf(sigma, z_l, x[l])) (the sum formed in float32, then rounded once to T)
+// for the lanes = min(4, dim - 4 block) elements l < lanes, and reads x only there.
+// Written for the CPU's `omp simd` loop over full blocks: where lanes is the constant 4 the lane
+// tests fold away after inlining, leaving a branch-free body; and only scalars and pointers cross
+// the call (an aggregate argument, a Float4 or a conversion object, becomes a per-lane array in
+// that loop whose stores stop GCC's vectoriser), hence normal_block is called in here.
+template <class T = float, class Convert = KeepFloat>
+RGF_HD void noisy_block(const float* x, float sigma, uint64_t seed, uint32_t stream, uint64_t sample,
+                        uint32_t block, int64_t lanes, T* out) {
+  const Float4 z = normal_block(seed, stream, sample, block);
+  const Convert convert{};
+  out[0] = convert(fmaf(sigma, z.x, x[0]));
+  if (lanes > 1) out[1] = convert(fmaf(sigma, z.y, x[1]));
+  if (lanes > 2) out[2] = convert(fmaf(sigma, z.z, x[2]));
+  if (lanes > 3) out[3] = convert(fmaf(sigma, z.w, x[3]));
+}
+
 }  // namespace rgf

@@ -46,4 +46,16 @@ RGF_HD Uint4 noise_block_bits(uint64_t seed, uint32_t stream, uint64_t sample, u
   return philox4x32_10(counter, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
 }
 
+// Row i of a batch of raw blocks, the one body of the philox4x32 functions of both modules
+// (cpu/noise_cpu.h, cuda/noise_cuda.h): counters (m, 4), keys (m, 2) and out (m, 4) are row-major,
+// and out row i = philox4x32_10(counter row i, key row i).
+RGF_HD void philox4x32_row(const uint32_t* counters, const uint32_t* keys, int64_t i, uint32_t* out) {
+  const uint32_t* c = counters + 4 * i;
+  const Uint4 r = philox4x32_10(Uint4{c[0], c[1], c[2], c[3]}, keys[2 * i], keys[2 * i + 1]);
+  out[4 * i + 0] = r.x;
+  out[4 * i + 1] = r.y;
+  out[4 * i + 2] = r.z;
+  out[4 * i + 3] = r.w;
+}
+
 }  // namespace rgf

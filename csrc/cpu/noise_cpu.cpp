@@ -14,11 +14,8 @@ inline void fill_full_blocks(const float* x, float sigma, uint64_t seed, uint32_
                              uint64_t sample, int64_t b0, int64_t b1, float* out) {
 #pragma omp simd
   for (int64_t b = b0; b < b1; ++b) {
-    const Float4 z = normal_block(seed, stream, sample, static_cast<uint32_t>(b));
-    out[4 * b + 0] = fmaf(sigma, z.x, x[4 * b + 0]);
-    out[4 * b + 1] = fmaf(sigma, z.y, x[4 * b + 1]);
-    out[4 * b + 2] = fmaf(sigma, z.z, x[4 * b + 2]);
-    out[4 * b + 3] = fmaf(sigma, z.w, x[4 * b + 3]);
+    // lanes = 4: no lane tests are left in the loop
+    noisy_block(x + 4 * b, sigma, seed, stream, sample, static_cast<uint32_t>(b), 4, out + 4 * b);
   }
 }
 
@@ -26,9 +23,7 @@ inline void fill_tail(const float* x, int64_t dim, float sigma, uint64_t seed, u
                       uint64_t sample, float* out) {
   const int64_t b = dim / 4;
   if (4 * b == dim) return;
-  const Float4 block = normal_block(seed, stream, sample, static_cast<uint32_t>(b));
-  const float z[4] = {block.x, block.y, block.z, block.w};
-  for (int64_t j = 4 * b; j < dim; ++j) out[j] = fmaf(sigma, z[j - 4 * b], x[j]);
+  noisy_block(x + 4 * b, sigma, seed, stream, sample, static_cast<uint32_t>(b), dim - 4 * b, out + 4 * b);
 }
 
 }  // namespace
@@ -57,14 +52,7 @@ void gaussian_noise_cpu(const float* x, int64_t dim, float sigma, int64_t n, uin
 }
 
 void philox4x32_cpu(const uint32_t* counters, const uint32_t* keys, int64_t m, uint32_t* out) {
-  for (int64_t i = 0; i < m; ++i) {
-    const uint32_t* c = counters + 4 * i;
-    const Uint4 r = philox4x32_10(Uint4{c[0], c[1], c[2], c[3]}, keys[2 * i], keys[2 * i + 1]);
-    out[4 * i + 0] = r.x;
-    out[4 * i + 1] = r.y;
-    out[4 * i + 2] = r.z;
-    out[4 * i + 3] = r.w;
-  }
+  for (int64_t i = 0; i < m; ++i) philox4x32_row(counters, keys, i, out);
 }
 
 }  // namespace rgf

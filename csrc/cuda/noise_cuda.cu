@@ -8,16 +8,21 @@
 namespace rgf {
 namespace {
 
+// The rounding of noisy_block (common/normal.h) to the output type T.
 template <class T>
-__device__ __forceinline__ T from_float(float v);
+struct FromFloat;
 template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
+struct FromFloat<float> {
+  __device__ __forceinline__ float operator()(float v) const { return v; }
+};
 template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+struct FromFloat<__half> {
+  __device__ __forceinline__ __half operator()(float v) const { return __float2half_rn(v); }
+};
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
+struct FromFloat<__nv_bfloat16> {
+  __device__ __forceinline__ __nv_bfloat16 operator()(float v) const { return __float2bfloat16_rn(v); }
+};
 
 // One thread per Philox block (4 consecutive elements of one sample): a grid-stride loop over
 // n * blocks_per_sample blocks. Consecutive threads write consecutive 16-byte groups.
@@ -31,27 +36,15 @@ __global__ void gaussian_noise_kernel(const float* __restrict__ x, int64_t dim, 
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i = t / blocks_per_sample;
     const int64_t b = t - i * blocks_per_sample;
-    const Float4 block = normal_block(seed, stream, start + static_cast<uint64_t>(i), static_cast<uint32_t>(b));
-    const float z[4] = {block.x, block.y, block.z, block.w};
-    T* row = out + i * dim;
-#pragma unroll
-    for (int l = 0; l < 4; ++l) {
-      const int64_t j = 4 * b + l;
-      if (j < dim) row[j] = from_float<T>(fmaf(sigma, z[l], x[j]));
-    }
+    noisy_block<T, FromFloat<T>>(x + 4 * b, sigma, seed, stream, start + static_cast<uint64_t>(i),
+                                 static_cast<uint32_t>(b), dim - 4 * b, out + i * dim + 4 * b);
   }
 }
 
 __global__ void philox_kernel(const uint32_t* __restrict__ counters, const uint32_t* __restrict__ keys,
                               int64_t m, uint32_t* __restrict__ out) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= m) return;
-  const uint32_t* c = counters + 4 * i;
-  const Uint4 r = philox4x32_10(Uint4{c[0], c[1], c[2], c[3]}, keys[2 * i], keys[2 * i + 1]);
-  out[4 * i + 0] = r.x;
-  out[4 * i + 1] = r.y;
-  out[4 * i + 2] = r.z;
-  out[4 * i + 3] = r.w;
+  if (i < m) philox4x32_row(counters, keys, i, out);
 }
 
 int grid_for(int64_t work, int threads) {
