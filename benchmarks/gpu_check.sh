@@ -63,7 +63,7 @@ assert r.has_cuda(), 'the CUDA module is built but reports no usable GPU'"
 REPO="$OLDPWD"
 # GPU tests: RGF_REQUIRE_CUDA makes the test suite fail instead of skipping GPU tests. (The CPU
 # tests are CI's job; skipping them here keeps the run inside its device-time budget.)
-step gpu_tests 300 env RGF_REQUIRE_CUDA=1 "$PY" -m pytest -q --maxfail=25 "$REPO/python_tests" -k "cuda" -p no:cacheprovider
+step gpu_tests 300 env RGF_REQUIRE_CUDA=1 "$PY" -m pytest -q --maxfail=25 "$REPO/python_tests" -m cuda -p no:cacheprovider
 step bench_kernels 240 "$PY" -m retrievalguard_fast bench kernels --device cuda --repeat 5 --json "$LOG/kernels.json"
 step bench_digits 120 "$PY" -m retrievalguard_fast bench certify --device cuda --queries 50 --batch-size 10000 --json "$LOG/digits.json"
 step bench_resnet50 300 "$PY" -m retrievalguard_fast bench certify --device cuda --workload resnet50 --queries 1 \

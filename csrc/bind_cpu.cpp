@@ -1,5 +1,5 @@
 // pybind11 bindings of the CPU kernels (module retrievalguard_fast._core). Arguments arrive
-// already checked and converted by the Python ops (_ops.py, screen.py); the checks here only guard
+// already checked and converted by the Python ops (retrievalguard_fast/kernels: noise.py, nn.py, screen.py); the checks here only guard
 // memory safety (shapes and contiguity) as internal assertions (RGF_ASSERT: a failure is a bug of
 // the wrappers, not bad user input), never convert, and release the GIL while computing. Bad
 // values in the inputs are counted by the kernels into `problems` (common/nn_problem.h), which

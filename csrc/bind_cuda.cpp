@@ -1,5 +1,5 @@
 // pybind11 bindings of the CUDA kernels (module retrievalguard_fast._cuda). Tensors arrive as raw
-// device pointers after the Python ops (_ops.py, screen.py) have checked dtype, shape, contiguity and
+// device pointers after the Python ops (retrievalguard_fast/kernels: noise.py, nn.py, screen.py) have checked dtype, shape, contiguity and
 // device; kernels run on the caller's stream (torch.cuda.current_stream()). The module links the
 // CUDA runtime statically and imports on machines with no GPU or driver. Bad values in the inputs
 // are counted by the kernels into the device array `problems` (common/nn_problem.h), which Python

@@ -14,7 +14,7 @@ done
 trap 'kill "${busy[@]}" 2>/dev/null' EXIT
 for i in $(seq "$rounds"); do
   start=$(date +%s)
-  pytest python_tests/test_cli.py python_tests/test_distributed.py -q -p no:cacheprovider \
+  pytest python_tests/cli/test_cli.py python_tests/runs/test_distributed.py -q -p no:cacheprovider \
     -k "interruption or in_use or ranks or launchers or killed or resume_a or raises" \
     || { echo "round $i of $rounds FAILED"; exit 1; }
   echo "round $i of $rounds passed in $(( $(date +%s) - start )) s, $(nproc) busy loops running"

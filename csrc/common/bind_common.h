@@ -17,7 +17,7 @@ inline pybind11::dict problem_slots() {
 }
 
 // The attributes both modules export:
-//   kernel_abi         from retrievalguard_fast/_backend.py, via CMakeLists.txt (_backend.py
+//   kernel_abi         from retrievalguard_fast/kernels/backend.py, via CMakeLists.txt (kernels/backend.py
 //                      refuses a module that reports another number)
 //   problem_slots      name -> index of the slots of the `problems` arrays
 //   num_problem_slots  the length of those arrays

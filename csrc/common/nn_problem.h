@@ -8,10 +8,10 @@
 #include "rgf_macros.h"
 
 // Version of the compiled modules' functions. Its one home is the line `KERNEL_ABI = <n>` in
-// retrievalguard_fast/_backend.py; CMakeLists.txt reads it from there and defines it for both
-// modules, which report it as `kernel_abi` so that _backend.py refuses modules of another version.
+// retrievalguard_fast/kernels/backend.py; CMakeLists.txt reads it from there and defines it for both
+// modules, which report it as `kernel_abi` so that kernels/backend.py refuses modules of another version.
 #ifndef RGF_KERNEL_ABI
-#error "RGF_KERNEL_ABI is not defined: CMakeLists.txt passes it (from retrievalguard_fast/_backend.py)"
+#error "RGF_KERNEL_ABI is not defined: CMakeLists.txt passes it (from retrievalguard_fast/kernels/backend.py)"
 #endif
 
 namespace rgf {

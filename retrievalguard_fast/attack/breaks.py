@@ -17,7 +17,7 @@ SCREEN_LEVEL = 0.01  # a point that the test could break is screened out with pr
 def soft_deviation(samples: int, alpha: float, mean: np.ndarray, bound: str) -> float:
     """The soft model's concentration bound t (``|F̂ - F| <= t`` w.p. ``1 - alpha``) at the mean
     ``F̂`` of ``samples`` normalised embeddings: the one call of the project's bound, so the break
-    test uses the certifier's bound (``bound``: :data:`~.stats.SOFT_BOUNDS`)."""
+    test uses the certifier's bound (``bound``: :data:`~..smoothing.stats.SOFT_BOUNDS`)."""
     return mean_embedding_deviation(samples, alpha, len(mean), mean_norm=float(np.linalg.norm(mean)), bound=bound)
 
 

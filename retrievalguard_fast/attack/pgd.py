@@ -30,7 +30,7 @@ the query's radii, so the whole statement "broken at the smallest such radius" h
   ``n_c' / (n_ref + n_c')`` exceeds 1/2, i.e. ``p_c' > p_ref`` (a sign test: given the total,
   ``n_c'`` is binomial with parameter ``p_c' / (p_ref + p_c')``);
 - soft: ``F̂`` over all ``n0 + n`` fresh samples and the concentration bound ``t`` of
-  :func:`~.stats.mean_embedding_deviation` (``|F̂ - F| <= t`` with probability ``1 - alpha``);
+  :func:`~..smoothing.stats.mean_embedding_deviation` (``|F̂ - F| <= t`` with probability ``1 - alpha``);
   broken if every row of the reference label is beaten by some row of another label even at the
   edge of that ball: ``u.F̂ + t < tau`` in the pair notation of docs/certification.md section 3;
 - base: deterministic, the 1-NN label of the attacked point differs from the clean one.
@@ -66,7 +66,7 @@ def _generator(seed: int, index: int, device) -> torch.Generator:
 
 
 class Attacker:
-    """PGD + EOT against the soft, vote and base models of one :class:`~.smoothing.SmoothedRetriever`
+    """PGD + EOT against the soft, vote and base models of one :class:`~..smoothing.SmoothedRetriever`
     (same base model as run, model-stage options included, same gallery and sigma)."""
 
     def __init__(self, retriever, config: AttackConfig):

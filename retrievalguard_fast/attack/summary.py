@@ -5,14 +5,13 @@ alarm: certified queries broken inside their certified radius."""
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
 from ..report.environment import device_text, versions
-from ..report.metrics import CURVE_POINTS, certified_accuracy
+from ..report.metrics import accuracy_curve, certified_accuracy
 from ..smoothing.record import ABSTAIN, CERTIFICATES
 
 #: The certificate each smoothed model's attack tests (the registry's ``attacked_as``).
@@ -90,17 +89,11 @@ def attack_summary(records: Sequence[dict], params: dict, certified: Optional[di
     if certified is not None:
         pairs = [(r, certified[int(r["index"])]) for r in records if int(r["index"]) in certified]
         labels = np.array([r["label"] for r, _ in pairs])
-        cert = {}
-        curve = {}
-        finite = [c.get(cert.radius_field) for _, c in pairs for cert in ATTACKED_CERTIFICATES.values()]
-        top = max([v for v in finite if v is not None and math.isfinite(v)] + radii + [0.1]) * 1.05
-        grid = np.linspace(0.0, top, CURVE_POINTS)
-        curve["radius"] = [float(g) for g in grid]
-        for name, pred, rad in ((c.key, c.prediction_field, c.radius_field) for c in ATTACKED_CERTIFICATES.values()):
-            p = np.array([c[pred] for _, c in pairs])
-            rs = [c[rad] for _, c in pairs]
-            cert[name] = dict(zip((str(r) for r in radii), certified_accuracy(p, rs, labels, radii)))
-            curve[name] = certified_accuracy(p, rs, labels, grid)
+        by_cert = {c.key: (np.array([rec[c.prediction_field] for _, rec in pairs]), [rec[c.radius_field] for _, rec in pairs])
+                   for c in ATTACKED_CERTIFICATES.values()}
+        cert = {key: dict(zip((str(r) for r in radii), certified_accuracy(p, rs, labels, radii)))
+                for key, (p, rs) in by_cert.items()}
+        curve = accuracy_curve(by_cert, labels, radii)
         seconds = [c.get("seconds") for _, c in pairs if c.get("seconds") is not None]
         out["certified"] = {
             "folder": certified_folder, "queries_compared": len(pairs), "certified_recall_at_1": cert,

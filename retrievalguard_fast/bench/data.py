@@ -7,7 +7,7 @@ over a small and a large image gallery.
 It writes a synthetic image set once (JPEGs of --image-size, a folder per class, under --root)
 and measures, in one run:
 
-1. images decoded per second: :func:`~retrievalguard_fast.datasets.iter_images` (Pillow decode,
+1. images decoded per second: :func:`~retrievalguard_fast.data.images.iter_images` (Pillow decode,
    resize 256, centre crop 224) with --workers DataLoader workers, and with none;
 2. model samples per second: the model on full batches of 3 x 224 x 224 inputs (as certification
    runs it); decoding is not the bottleneck while (1) with workers exceeds (2). Certification

@@ -29,8 +29,7 @@ import numpy as np
 import torch
 
 from .. import kernels
-from ..kernels import build_info, has_cuda
-from ..kernels import screen
+from ..kernels import build_info, has_cuda, screen
 
 
 def best_time(fn, repeat, sync=None):

@@ -10,6 +10,7 @@ from typing import List, Optional
 from ..attack import MODELS
 from ..bench import NAMES as _BENCHMARKS
 from ..data import layouts_help
+from ..kernels.screen import NN_PRECISIONS
 from ..smoothing import BENNETT, DEFAULT_RADII, FIXED, SEQUENTIAL, SOFT_BOUNDS
 
 BENCH_NAMES = ("all",) + _BENCHMARKS
@@ -103,7 +104,7 @@ def _add_smoothing_options(p: argparse.ArgumentParser, *, sigma: Optional[float]
     p.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast (a different base model)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format for the model")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--nn-precision", choices=["exact", "tf32", "bf16"], default="exact",
+    p.add_argument("--nn-precision", choices=list(NN_PRECISIONS), default="exact",
                    help="nearest-neighbour search: exact float32 (default), or screened by a TF32/bf16 tensor-core "
                         "matmul and verified (identical results; faster on GPUs with large galleries)")
     p.add_argument("--quiet", action="store_true", help="no progress output")

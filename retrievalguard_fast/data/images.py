@@ -10,7 +10,7 @@ DataLoader.
   evaluation transform of Roth et al.'s framework, ``Resize(256)`` + ``CenterCrop(224)``, written
   with Pillow because torchvision's wheels do not load against the CPU torch build).
 - :func:`iter_images`: decoded images in order, in batches, from DataLoader workers; a file that
-  cannot be decoded is one :class:`~.errors.InputError` naming it.
+  cannot be decoded is one :class:`~..errors.InputError` naming it.
 - :class:`ImageQueries`: queries read in chunks as they are certified (bounded memory).
 
 Decoding and resizing are deterministic (Pillow, fixed filters), and a DataLoader yields batches in
@@ -285,7 +285,7 @@ LOAD_BATCH = 32
 @dataclass
 class ImageQueries:
     """Query images read from disk in chunks as they are certified (see
-    :func:`~.runstore.certify_to_folder`): only a chunk and the loader's prefetch are in memory."""
+    :func:`~..runs.certify_to_folder`): only a chunk and the loader's prefetch are in memory."""
 
     images: ImageSet
     preprocess: Preprocess

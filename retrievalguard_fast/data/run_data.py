@@ -27,7 +27,7 @@ def default_workers() -> int:
 class RunData:
     """The queries and gallery of a run, parsed and checked, nothing decoded yet.
 
-    ``queries``: an array (M, *input_shape) or a :class:`~.datasets.ImageQueries` read in chunks;
+    ``queries``: an array (M, *input_shape) or a :class:`~.images.ImageQueries` read in chunks;
     ``labels``, ``exclude`` (a gallery row per query, -1 for none, or None) and ``indices`` (each
     query's index in its source, its noise stream and record index) are per selected query.
     ``gallery``: the checked .npz arrays, or an :class:`~.images.ImageSet` (embedded by

@@ -7,7 +7,7 @@ driver and then reports no device.
 Each device kind has a backend object with the same methods (:class:`CpuBackend`,
 :class:`CudaBackend`); :func:`backend_for` picks one, and nothing else in the package asks which
 device it runs on. Backend methods take arguments already checked and converted by the public
-ops (``_ops``, ``screen``); the kernels count input problems into named slots
+ops (``noise``, ``nn``, ``screen``); the kernels count input problems into named slots
 (``problem_slots``) and the ops turn them into one message for every backend (docs/design.md,
 section "Nearest-neighbour kernels").
 """

@@ -9,7 +9,7 @@ from typing import Any
 from . import arrays as arr
 from .backend import backend_for
 from .problems import raise_input_problems
-from .screen import SCREEN_PRECISIONS, nn_vote_screened
+from .screen import NN_PRECISIONS, nn_vote_screened
 
 __all__ = ["nn_search", "nn_vote"]
 
@@ -81,8 +81,8 @@ def nn_vote(
     """
     op = "nn_vote"
     if precision != "exact":
-        if precision not in SCREEN_PRECISIONS:
-            raise ValueError(f"{op}: precision must be one of {('exact',) + SCREEN_PRECISIONS}, got {precision!r}")
+        if precision not in NN_PRECISIONS:
+            raise ValueError(f"{op}: precision must be one of {NN_PRECISIONS}, got {precision!r}")
         result = nn_vote_screened(embeddings, gallery, gallery_labels, num_classes, precision=precision,
                                   exclude=exclude, normalize=normalize, check=check)
         return result.counts, result.embedding_sum

@@ -24,9 +24,12 @@ from . import arrays as arr
 from .backend import _core, backend_for
 from .problems import raise_input_problems
 
-__all__ = ["nn_vote_screened", "screen_rel_error", "ScreenedVote", "SCREEN_PRECISIONS", "MAX_SCREEN_CANDIDATES"]
+__all__ = ["nn_vote_screened", "screen_rel_error", "ScreenedVote", "SCREEN_PRECISIONS", "NN_PRECISIONS",
+           "MAX_SCREEN_CANDIDATES"]
 
 SCREEN_PRECISIONS = ("tf32", "bf16")
+#: Every nearest-neighbour precision: the exact kernel, or a screen verified exactly (same results).
+NN_PRECISIONS = ("exact",) + SCREEN_PRECISIONS
 MAX_SCREEN_CANDIDATES = int(_core.max_screen_candidates)
 
 

@@ -6,7 +6,7 @@ The folder holds
 - ``results.jsonl``: one JSON record per certified query, appended, flushed and fsync'ed as each
   query finishes, so a kill (even SIGKILL) loses at most the query in flight; a torn last line
   is cut off on the next open;
-- ``summary.json`` / ``summary.csv`` / ``certified_recall.png``: the reports (:mod:`~.report`);
+- ``summary.json`` / ``summary.csv`` / ``certified_recall.png``: the reports (:mod:`~..report`);
 - ``results.rank-<r>.jsonl``: in a run across the ranks of a torchrun group
   (:mod:`~.distributed`), rank ``r``'s records, written the same way; merged into results.jsonl
   (sorted by index) when every rank is done, and on the next start after an interruption, so a

@@ -33,7 +33,7 @@ import torch
 from ..errors import is_out_of_memory
 from ..kernels import arrays as arr
 from ..kernels import nn_search
-from ..kernels.screen import SCREEN_PRECISIONS
+from ..kernels.screen import NN_PRECISIONS
 from .certify import certify_step
 from .config import CertifyConfig
 from .gallery import Gallery
@@ -89,8 +89,8 @@ class SmoothedRetriever:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._forward = torch.compile(self.model) if self.compile else self.model
-        if nn_precision not in ("exact",) + SCREEN_PRECISIONS:
-            raise ValueError(f"SmoothedRetriever: nn_precision must be one of {('exact',) + SCREEN_PRECISIONS}, "
+        if nn_precision not in NN_PRECISIONS:
+            raise ValueError(f"SmoothedRetriever: nn_precision must be one of {NN_PRECISIONS}, "
                              f"got {nn_precision!r}")
         self.nn_precision = nn_precision
 

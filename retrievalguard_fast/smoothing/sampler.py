@@ -3,7 +3,7 @@ and voted, and each query's evidence handed to the certify step at its checkpoin
 
 Copy ``i`` of a query is sample ``i`` of noise stream ``index`` (the query's dataset index)
 under the seed, so a query's evidence does not depend on which other queries share its batches,
-on the batch size (see :class:`~.smoothing.SmoothedRetriever`) or on how a run was resumed.
+on the batch size (see :class:`~.retriever.SmoothedRetriever`) or on how a run was resumed.
 """
 
 from __future__ import annotations

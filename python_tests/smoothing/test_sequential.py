@@ -73,15 +73,6 @@ def test_sequential_radii_on_the_exact_answer_model():
     assert np.mean(used) < 8020 / 2  # everything decided long before the cap
 
 
-@pytest.fixture(scope="module")
-def digits():
-    from retrievalguard_fast.demo.digits import load_default_model, load_digits_split
-
-    data = load_digits_split()
-    model = load_default_model(0.25)
-    return model, Gallery.from_model(model, data.gallery_x, data.gallery_y), data
-
-
 def test_sequential_agrees_with_fixed_n_far_from_the_thresholds(digits):
     model, gallery, data = digits
     radii = [0.25, 0.5]

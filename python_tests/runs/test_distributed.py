@@ -18,7 +18,7 @@ import pytest
 
 from retrievalguard_fast.cli import build_parser
 from retrievalguard_fast.runs.distributed import block_schedule
-from test_cli import PAUSING_MODEL, _env, cli, read_results, strip_timing
+from conftest import PAUSING_MODEL, cli, cli_env, read_results, strip_timing
 
 QUERIES = 24
 
@@ -57,7 +57,7 @@ def _free_port() -> int:
 
 def _torchrun(launcher_args, args, cwd, env=None):
     """Start torchrun (its own session, so a test can stop it and its workers)."""
-    env = dict(_env() if env is None else env, OMP_NUM_THREADS="1")
+    env = dict(cli_env() if env is None else env, OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *launcher_args,
                              "-m", "retrievalguard_fast", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -186,7 +186,7 @@ def test_two_launchers_as_two_nodes(files, tmp_path, single, launched):
 
 def test_a_killed_rank_is_restarted_and_the_run_completes_identically(files, tmp_path, single, launched):
     out = tmp_path / "out"
-    env = dict(_env(f"{out}/results.rank-*.jsonl:6"))
+    env = dict(cli_env(f"{out}/results.rank-*.jsonl:6"))
     proc = _torchrun(["--standalone", "--nproc-per-node=2", "--max-restarts=1"],
                      _args(files, "--quiet", "--out", str(out)), tmp_path, env=env)
     launched.append(proc)
@@ -203,7 +203,7 @@ def test_a_killed_rank_is_restarted_and_the_run_completes_identically(files, tmp
 def test_resume_a_three_rank_run_with_two(files, tmp_path, single, launched):
     out = tmp_path / "out"
     proc = _torchrun(["--standalone", "--nproc-per-node=3"], _args(files, "--quiet", "--out", str(out)), tmp_path,
-                     env=_env(f"{out}/results.rank-*.jsonl:5"))
+                     env=cli_env(f"{out}/results.rank-*.jsonl:5"))
     launched.append(proc)
     markers = [out / f"paused.{r}" for r in range(3)]
     _wait_for(markers, proc)
@@ -228,7 +228,7 @@ def test_a_rank_that_raises_stops_the_group_with_its_message(files, tmp_path, la
     # Rank 0 pauses after the group's first record, holding one block, so rank 1 is sure to claim
     # another and reach its (raising) forward pass; otherwise a fast rank 0 could certify every
     # query before rank 1 starts, and the run would succeed (seen once in 9 loaded rounds).
-    env = dict(_env(pause_at=f"{out}/results.rank-*.jsonl:1"), RGF_TEST_RAISE_RANK="1")
+    env = dict(cli_env(pause_at=f"{out}/results.rank-*.jsonl:1"), RGF_TEST_RAISE_RANK="1")
     launched.append(_torchrun(["--standalone", "--nproc-per-node=2"], _args(files, "--quiet", "--out", str(out)),
                               tmp_path, env=env))
     rc, _, err = _finish(launched[-1])

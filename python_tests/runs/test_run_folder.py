@@ -3,27 +3,18 @@
 import json
 
 import pytest
+from conftest import read_results, strip_timing
 
-from retrievalguard_fast.demo.digits import load_default_model, load_digits_split
 from retrievalguard_fast.errors import InputError
-from retrievalguard_fast.smoothing import Gallery
 from retrievalguard_fast.runs import RESULTS, RunFolder, certify_to_folder
 from retrievalguard_fast.smoothing import SmoothedRetriever
 
 
 @pytest.fixture(scope="module")
-def setup():
-    data = load_digits_split()
-    model = load_default_model(0.25)
-    gallery = Gallery.from_model(model, data.gallery_x, data.gallery_y)
+def setup(digits):
+    model, gallery, data = digits
     retriever = SmoothedRetriever(model, gallery, 0.25, batch_size=500, seed=5)
     return retriever, data.query_x[:12], data.query_y[:12]
-
-
-def records(folder):
-    with open(folder / RESULTS) as f:
-        return sorted(({k: v for k, v in json.loads(line).items() if k != "seconds"} for line in f),
-                      key=lambda r: r["index"])
 
 
 def run(folder, setup, radii=(0.1, 0.25), **kw):
@@ -44,7 +35,7 @@ def test_certify_into_a_folder_and_resume_it_from_python(setup, tmp_path):
         run(tmp_path / "cut", setup)
     resumed = run(tmp_path / "cut", setup, resume=True)
     assert resumed["this_session"]["queries"] == 7
-    assert records(tmp_path / "cut") == records(tmp_path / "full")
+    assert strip_timing(read_results(tmp_path / "cut")) == strip_timing(read_results(tmp_path / "full"))
     assert resumed["certified_recall_at_1"] == full["certified_recall_at_1"]
     assert "lower bound" in resumed["average_certified_radius_is"]
     retriever, x, y = setup
@@ -72,3 +63,20 @@ def test_the_summary_curve_agrees_with_the_table(setup, tmp_path):
         assert curve[name][0] == summary["certified_recall_at_1"][name]["0.0"]
         assert all(a >= b for a, b in zip(curve[name], curve[name][1:]))  # non-increasing in the radius
     assert summary["average_certified_radius_is"].startswith("exact")
+
+
+def test_run_json_records_the_record_format_and_refuses_another(setup, tmp_path):
+    run(tmp_path / "a", setup)
+    params = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert params["record_format"] == 1
+    # A folder from before the number was written is format 1 and resumes.
+    del params["record_format"]
+    (tmp_path / "a" / "run.json").write_text(json.dumps(params))
+    assert run(tmp_path / "a", setup, resume=True)["this_session"]["queries"] == 0
+    # A folder of another format is refused by name, in the library's words (out, not --out).
+    params["record_format"] = 2
+    (tmp_path / "a" / "run.json").write_text(json.dumps(params))
+    with pytest.raises(InputError, match=r"^out .* holds records of format 2, this version writes format 1") as err:
+        run(tmp_path / "a", setup, resume=True)
+    assert "choose another --out" in err.value.for_cli()
+    assert isinstance(err.value, ValueError)

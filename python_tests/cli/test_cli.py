@@ -14,40 +14,10 @@ import torch
 
 import retrievalguard_fast as rgf
 from retrievalguard_fast.demo.digits import load_default_model, load_digits_split
+from conftest import PAUSING_MODEL, cli, cli_env, read_results, strip_timing
 
 REQUIRED_FIELDS = {"index", "label", "clean_prediction", "vote_prediction", "vote_count", "vote_pA_lower", "vote_radius",
                    "soft_prediction", "soft_gaussian_radius", "soft_lipschitz_radius"}
-
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-PAUSING_MODEL = "pausing_model:make"  # python_tests/pausing_model.py
-
-
-def _env(pause_at=None):
-    """The environment of a CLI subprocess: this folder importable (for PAUSING_MODEL) and, with
-    ``pause_at``, the model told where to pause."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]))
-    env.pop("RGF_TEST_PAUSE_AT", None)
-    if pause_at is not None:
-        env["RGF_TEST_PAUSE_AT"] = pause_at
-    return env
-
-
-def cli(*args, cwd, check=True, timeout=300):
-    proc = subprocess.run([sys.executable, "-m", "retrievalguard_fast", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=_env())
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    return proc
-
-
-def read_results(folder):
-    with open(os.path.join(folder, "results.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def strip_timing(records):
-    return sorted(({k: v for k, v in r.items() if k != "seconds"} for r in records), key=lambda r: r["index"])
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +112,7 @@ def _start_paused(args, cwd, results, lines):
     # SIGINT back to its default in the child: a test runner started in the background (CI, nohup,
     # `cmd &`) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
     proc = subprocess.Popen([sys.executable, "-m", "retrievalguard_fast", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env(f"{results}:{lines}"),
+                            stderr=subprocess.PIPE, text=True, env=cli_env(f"{results}:{lines}"),
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     paused = f"{results}.paused"
     deadline = time.monotonic() + 600  # a generous bound for a busy machine; normally seconds

@@ -15,7 +15,7 @@ from retrievalguard_fast import data as datasets
 from retrievalguard_fast.data.images import rebatch
 from retrievalguard_fast.data import ImageQueries, Preprocess
 
-from test_cli import cli, read_results, strip_timing
+from conftest import cli, read_results, strip_timing
 
 MODEL = "image_model:make"  # python_tests/image_model.py
 RUN = ["--model", MODEL, "--sigma", "0.25", "--n", "200", "--n0", "20", "--batch-size", "64"]

@@ -404,18 +404,16 @@ def test_two_valued_embeddings_never_above_exact():
 # ---------------------------------------------------------------------- recorded in the run
 
 
-def test_the_bound_is_recorded_and_a_resume_with_another_is_refused(tmp_path):
+def test_the_bound_is_recorded_and_a_resume_with_another_is_refused(tmp_path, digits):
     import json
 
     from retrievalguard_fast.cli import build_parser
-    from retrievalguard_fast.demo.digits import load_default_model, load_digits_split
     from retrievalguard_fast.errors import InputError
     from retrievalguard_fast.runs import certify_to_folder
     from retrievalguard_fast.smoothing import SmoothedRetriever
 
-    data = load_digits_split()
-    model = load_default_model(0.25)
-    retriever = SmoothedRetriever(model, Gallery.from_model(model, data.gallery_x, data.gallery_y), 0.25, batch_size=500)
+    model, gallery, data = digits
+    retriever = SmoothedRetriever(model, gallery, 0.25, batch_size=500)
     run = dict(identity={"model": "digits"}, n0=20, n=400, mode="fixed-n", quiet=True)
     summaries = {}
     for bound in (MCDIARMID, BENNETT):
