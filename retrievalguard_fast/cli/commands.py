@@ -31,7 +31,8 @@ def load_data(args):
     from ..data import load_run_data
 
     return load_run_data(queries=args.queries, gallery=args.gallery, dataset=args.dataset, every=args.every,
-                         max_queries=args.max_queries, resize=args.resize, crop=args.crop, workers=args.workers)
+                         max_queries=args.max_queries, resize=args.resize, crop=args.crop, workers=args.workers,
+                         leave_one_out=not args.no_leave_one_out)
 
 
 def demo(args) -> int:

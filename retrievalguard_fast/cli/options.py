@@ -135,6 +135,9 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resize", type=_count, default=256,
                    help="images: resize the shorter side to this many pixels (default 256; 0: keep)")
     p.add_argument("--crop", type=_count, default=224, help="images: centre-crop to this square (default 224; 0: none)")
+    p.add_argument("--no-leave-one-out", action="store_true",
+                   help="when --queries and --gallery are the same data (by identity: the same files or bytes, "
+                        "however spelled), keep each query's own gallery row (default: leave it out)")
     p.add_argument("--workers", type=_count, default=None,
                    help="images: DataLoader worker processes decoding them (default: the cores, at most 8; 0: none)")
 

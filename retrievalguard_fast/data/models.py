@@ -1,5 +1,7 @@
 """Devices and models of a run: ``--device`` resolved, ``--model`` loaded (a TorchScript file or a
-``package.module:factory``), and file digests that identify them."""
+``package.module:factory``), and the digests that identify them by content: a file's bytes, a
+built module's state (:func:`module_digest`), so that run.json and the gallery cache name the very
+model that ran, whatever it is called."""
 
 from __future__ import annotations
 
@@ -28,7 +30,26 @@ def file_digest(path: str) -> str:
     return h.hexdigest()
 
 
+def module_digest(model) -> str:
+    """sha256 of a module's class and state: every parameter and buffer (name, dtype, shape and
+    bytes, in ``state_dict`` order). Retrained weights behind the same factory change it; the same
+    weights built twice give the same digest."""
+    import torch
+
+    h = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}\n".encode())
+    for name, value in model.state_dict().items():
+        if not isinstance(value, torch.Tensor):  # extra state: its repr
+            h.update(f"{name} {value!r}\n".encode())
+            continue
+        t = value.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name} {t.dtype} {tuple(value.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def load_model(spec: str):
+    """``--model``: a TorchScript file (identified by its bytes) or ``package.module:factory``
+    (identified by the built module's state, :func:`module_digest`) -> ``(model, model_id)``."""
     import torch
 
     if os.path.exists(spec):
@@ -48,4 +69,4 @@ def load_model(spec: str):
         raise InputError(f"--model {spec}: could not build the model ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"--model {spec}: the factory returned {type(model).__name__}, expected a torch.nn.Module")
-    return model, "factory:" + spec
+    return model, f"factory:{spec}:sha256:{module_digest(model)}"

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
@@ -55,10 +56,29 @@ def _image_source(spec: str, what: str, classes):
     return None
 
 
+def _same_data(queries: str, q_images, gallery: str, g_images, digest) -> bool:
+    """Whether ``--queries`` and ``--gallery`` are the same data, however they are spelled."""
+    if q_images is None and g_images is None:  # two .npz files: the same bytes
+        return os.path.realpath(queries) == os.path.realpath(gallery) or digest(queries) == digest(gallery)
+    if q_images is None or g_images is None:
+        return False
+    return (len(q_images) == len(g_images) and np.array_equal(q_images.labels, g_images.labels)
+            and [os.path.realpath(p) for p in q_images.paths] == [os.path.realpath(p) for p in g_images.paths])
+
+
 def load_run_data(*, queries: Optional[str], gallery: Optional[str], dataset: Optional[str], every: int = 1,
                   max_queries: Optional[int] = None, resize: int = 256, crop: int = 224,
-                  workers: Optional[int] = None) -> RunData:
-    """The data options of a run -> :class:`RunData` (see the module docstring)."""
+                  workers: Optional[int] = None, leave_one_out: bool = True) -> RunData:
+    """The data options of a run -> :class:`RunData` (see the module docstring).
+
+    When the queries and the gallery are the same data, each query leaves its own gallery row out
+    (it would retrieve itself), unless ``leave_one_out=False`` (``--no-leave-one-out``). "The same"
+    is decided by identity, never by spelling: image sources listing the same files (resolved
+    paths: ``folder:D``, ``folder:D/``, ``./D``, a symlink, or a ``list:`` of those files) with
+    the same labels in the same order, or ``.npz`` files with the same bytes; a benchmark layout
+    says it itself (SOP, CUB, CARS196). run.json then records ``leave_one_out``."""
+    allow_leave_one_out = leave_one_out
+    digest = functools.lru_cache(maxsize=None)(file_digest)  # each .npz file read once
     if dataset is not None and (queries is not None or gallery is not None):
         raise InputError("--dataset: give either --dataset NAME:ROOT or --queries and --gallery, not both")
     if dataset is None and (queries is None or gallery is None):
@@ -68,7 +88,7 @@ def load_run_data(*, queries: Optional[str], gallery: Optional[str], dataset: Op
     identity: Dict[str, Any] = {}
     if dataset is not None:
         split = benchmark(dataset)
-        q_images, g_images, leave_one_out = split.queries, split.gallery, split.leave_one_out
+        q_images, g_images, same = split.queries, split.gallery, split.leave_one_out
         identity["dataset"] = dataset.partition(":")[0]
         q_images_digest = q_images.digest()
         identity["queries_sha256"] = q_images_digest
@@ -79,11 +99,17 @@ def load_run_data(*, queries: Optional[str], gallery: Optional[str], dataset: Op
                    if spec.startswith("folder:")]
         classes = sorted(set().union(*(class_folders(root, what) for root, what in folders)))
         q_images = _image_source(queries, "--queries", classes or None)
-        g_images = q_images if gallery == queries and q_images is not None else _image_source(gallery, "--gallery", classes or None)
-        # The same image source on both sides: each query leaves itself out (it would find itself).
-        leave_one_out = g_images is q_images and q_images is not None
+        g_images = _image_source(gallery, "--gallery", classes or None)
+        same = _same_data(queries, q_images, gallery, g_images, digest)
+        if same and q_images is not None:
+            g_images = q_images
+    leave_one_out = same and allow_leave_one_out
+    if same:
+        identity["leave_one_out"] = leave_one_out
     if q_images is None:
         x, labels, exclude = load_queries(queries)
+        if exclude is None and leave_one_out:  # the same .npz: query i is gallery row i
+            exclude = np.arange(len(x), dtype=np.int64)
     else:
         x, labels = None, q_images.labels
         exclude = np.arange(len(q_images), dtype=np.int64) if leave_one_out else None
@@ -93,9 +119,9 @@ def load_run_data(*, queries: Optional[str], gallery: Optional[str], dataset: Op
     else:
         g_source, g_size = g_images, len(g_images)
     if dataset is None:  # the digest of an .npz file, or of an image source's listing
-        identity["queries_sha256"] = file_digest(queries) if q_images is None else q_images.digest()
-        identity["gallery_sha256"] = (identity["queries_sha256"] if leave_one_out
-                                      else file_digest(gallery) if g_images is None else g_images.digest())
+        identity["queries_sha256"] = digest(queries) if q_images is None else q_images.digest()
+        identity["gallery_sha256"] = (identity["queries_sha256"] if same
+                                      else digest(gallery) if g_images is None else g_images.digest())
     if exclude is not None and len(exclude) and (exclude.min() < -1 or exclude.max() >= g_size):
         raise InputError(f"--queries {queries}: exclude values must be in [-1, {g_size - 1}] (gallery size {g_size})")
     if q_images is not None or g_images is not None:

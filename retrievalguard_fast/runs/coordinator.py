@@ -12,6 +12,7 @@ write only their own rank file.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from typing import Callable, Iterator, List, Optional, Tuple, TypeVar
 
@@ -102,15 +103,24 @@ class GroupCoordinator:
         return build()
 
     def start(self, folder: RunFolder, params: dict, resume: bool) -> List[dict]:
+        """Rank 0 checks or records run.json and publishes its parameters; every other rank
+        compares its own with them (model, data, every setting) and stops the whole group on a
+        difference. No rank works before all have agreed, so a group of ranks started with other
+        options or inputs writes no record."""
         if not self.leader:  # rank 0 has checked run.json and merged every earlier record into results.jsonl
             self.group.wait_announced("started", "rank 0 to check --out")
-            return folder.read_results()
+            check_same_parameters(self.rank, params, json.loads(self.group.published("parameters")))
+            records = folder.read_results()
+            self.group.count("parameters-checked", 1)
+            return records
         # A group torchrun restarted (a rank died) continues what its earlier attempt wrote,
         # without resume; a folder some other launch wrote still needs it.
         restarted = self.group.attempt > 0 and folder.started_by() == self.group.run_id
         records = folder.start(params, resume or restarted)
         folder.mark_started_by(self.group.run_id)
+        self.group.publish("parameters", json.dumps(params, sort_keys=True))
         self.group.announce("started")
+        self.group.wait_counted("parameters-checked", self.world - 1, "every rank to check its parameters against rank 0's")
         return records
 
     def blocks(self, todo: np.ndarray, first_round_rows: int, batch_size: int) -> Iterator[np.ndarray]:
@@ -144,6 +154,22 @@ class GroupCoordinator:
 
     def session_extras(self, started_wall: float) -> dict:
         return {"ranks": self.world, "rank_idle_fraction": self.group.idle_fraction(started_wall)}
+
+
+def check_same_parameters(rank: int, ours: dict, leaders: dict) -> None:
+    """Raise an InputError naming each parameter in which this rank's run (``ours``) differs from
+    rank 0's, with both values: one run, one set of parameters, whatever node a rank is on."""
+    ours = json.loads(json.dumps(ours, sort_keys=True))  # the form rank 0 published (lists, not tuples)
+    differ = sorted(k for k in set(ours) | set(leaders) if ours.get(k) != leaders.get(k))
+    if differ:
+        shown = "; ".join(f"{k} {_short(ours.get(k))} here, {_short(leaders.get(k))} on rank 0" for k in differ)
+        raise InputError(f"rank {rank} was started with other run parameters than rank 0 ({shown}); start every "
+                         "rank of a run with the same options and inputs")
+
+
+def _short(value) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def one_line(exc: BaseException) -> str:

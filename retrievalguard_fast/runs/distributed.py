@@ -151,6 +151,17 @@ class Group:
     def wait_announced(self, name: str, what: str) -> None:
         self._wait(what, lambda: self.store.check([f"announce/{name}"]))
 
+    def publish(self, name: str, text: str) -> None:
+        """Rank 0: a value every rank can read (:meth:`published`) once it is announced."""
+        self.store.set(f"value/{name}", text)
+
+    def published(self, name: str) -> str:
+        return self.store.get(f"value/{name}").decode()
+
+    def wait_counted(self, name: str, target: int, what: str) -> None:
+        """Wait until the group's counter ``name`` reaches ``target``."""
+        self._wait(what, lambda: self.count(name, 0) >= target)
+
     def finish(self) -> None:
         """This rank has certified its last block (and when, for :meth:`idle_fraction`)."""
         self.store.set(f"finished-at/{self.rank}", repr(time.time()))
