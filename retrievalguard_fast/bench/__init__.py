@@ -6,7 +6,8 @@ benchmarks/RESULTS.md. ``kernels``: nn_vote and gaussian_noise against numpy, to
 paper-sized ResNet-50 workload on a GPU); ``sequential``: sequential against fixed-n
 certification; ``model-stage``: the model-stage options (bf16, channels-last, compile, batch size);
 ``data``: images decoded per second beside model samples per second, and peak memory over a small
-and a large image gallery.
+and a large image gallery. What they share (the ``hardware: ...`` line, device synchronisation,
+the timers) is in :mod:`.common`.
 """
 
 NAMES = ("kernels", "certify", "sequential", "model-stage", "data")

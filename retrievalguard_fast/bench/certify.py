@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 
 import numpy as np
@@ -35,21 +33,16 @@ import torch
 from ..demo.digits import load_default_model, load_digits_split
 from ..smoothing.gallery import Gallery
 from ..smoothing.retriever import SmoothedRetriever
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from .common import print_hardware, sync_for, timed
 
 
 def forward_only(model, noisy_batches, device, bf16=False):
-    sync(device)
-    t0 = time.perf_counter()
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        for b in noisy_batches:
-            model(b)
-    sync(device)
-    return time.perf_counter() - t0
+    def run():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            for b in noisy_batches:
+                model(b)
+
+    return timed(run, sync_for(device))[0]
 
 
 def plain_torch_certify(model, gallery_emb, gallery_labels, classes, x, n0, n, batch, sigma, device, bf16=False,
@@ -141,8 +134,7 @@ def main(argv=None):
     if args.compile:
         stage = {**stage, "compile": True}
     total = args.n0 + args.n
-    print(f"hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, device {device}" + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""))
+    print_hardware(device)
     print(f"workload: {args.workload}, {len(x)} queries, n0={args.n0}, n={args.n}, batch {args.batch_size}, sigma {args.sigma}, "
           f"gallery {len(gallery)} x {gallery.dim}, {gallery.num_classes} classes, model stage {stage}, "
           f"nn precision {args.nn_precision}")
@@ -165,21 +157,16 @@ def main(argv=None):
     forward_only(forward_model, noisy[:2], device, bf16)
     t_forward = min(forward_only(forward_model, noisy, device, bf16) for _ in range(args.repeat))
 
-    def timed(fn):
-        sync(device)
-        t0 = time.perf_counter()
-        out = fn()
-        sync(device)
-        return time.perf_counter() - t0, out
+    sync = sync_for(device)
 
     # 2. ours and 3. plain torch, alternating, best of --repeat each (the machine may be shared)
     t_ours = t_torch = float("inf")
     for _ in range(args.repeat):
-        t, certs = timed(lambda: retriever.certify(x, y, n0=args.n0, n=args.n))
+        t, certs = timed(lambda: retriever.certify(x, y, n0=args.n0, n=args.n), sync)
         t_ours = min(t_ours, t)
         t, ref_counts = timed(lambda: plain_torch_certify(model, gallery.embeddings, gallery.labels, gallery.num_classes,
                                                           x, args.n0, args.n, args.batch_size, args.sigma, device,
-                                                          bf16, bool(stage.get("channels_last"))))
+                                                          bf16, bool(stage.get("channels_last"))), sync)
         t_torch = min(t_torch, t)
 
     # Correctness: the same smoothed model, different noise streams: the top label must agree

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ import time
 
 import numpy as np
 import torch
+
+from .common import print_hardware, sync_for, timed
 
 QUERIES = 8
 
@@ -105,14 +106,8 @@ def model_rate(model: torch.nn.Module, batch: int, batches: int, device: torch.d
     model = model.to(device).eval()
     with torch.inference_mode():
         model(x)  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        for _ in range(batches):
-            model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return batch * batches / (time.perf_counter() - started)
+        seconds, _ = timed(lambda: [model(x) for _ in range(batches)], sync_for(device))
+    return batch * batches / seconds
 
 
 def peak_memory(root: str, gallery: int, workers: int, batch: int) -> dict:
@@ -156,8 +151,7 @@ def main(argv=None):
     device = torch.device(args.device)
     size = tuple(int(v) for v in args.image_size.split("x"))
     sizes = [int(v) for v in args.memory.split(",") if v.strip()]
-    print(f"hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, device {device}")
+    print_hardware(device)
     write_images(args.root, max([args.images, QUERIES + max(sizes, default=0)]), size)
 
     decoded = {w: decode_rate(args.root, args.images, w) for w in sorted({0, args.workers})}

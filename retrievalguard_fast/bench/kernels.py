@@ -13,7 +13,9 @@ warmed up and timed (best of --repeat; CUDA timings synchronise before reading t
 Prints the hardware, each time, the ratio against ours (baseline time / our time, so >1x means we
 are faster) and the fraction of the machine's ceiling we reach: for nn_vote, FLOP/s (2 n N k)
 against a measured float32 matmul rate; for gaussian_noise, bytes written per second against a
-measured memory copy.
+measured memory copy. The CPU and the CUDA runs are one code path each (bench_nn_vote,
+bench_noise), parametrised by a Target: the device, its synchronisation, its sizes and which
+competitors exist there (numpy and faiss-cpu on the CPU only).
 """
 
 from __future__ import annotations
@@ -21,61 +23,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
 from .. import kernels
 from ..kernels import build_info, has_cuda, screen
-
-
-def best_time(fn, repeat, sync=None):
-    fn()  # warm-up
-    if sync:
-        sync()
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def hardware():
-    info = {
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "threads_used": build_info()["cpu"]["threads"],
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-    }
-    try:
-        import faiss
-
-        info["faiss"] = faiss.__version__
-    except ImportError:
-        info["faiss"] = None
-    if has_cuda():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
+from .common import best_time, print_hardware, sync_for
 
 # ----------------------------------------------------------------------------- baselines
 
@@ -131,8 +88,7 @@ def matmul_rate(device, size=4096, repeat=3):
     """Measured float32 matmul FLOP/s: the compute ceiling nn_vote is compared against."""
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
-    sync = torch.cuda.synchronize if device == "cuda" else None
-    t = best_time(lambda: a @ b, repeat, sync)
+    t = best_time(lambda: a @ b, repeat, sync_for(device))
     return 2 * size**3 / t
 
 
@@ -140,8 +96,7 @@ def copy_rate(device, nbytes=1 << 29, repeat=5):
     """Measured memory copy bandwidth (bytes read + written per second)."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
     dst = torch.empty_like(src)
-    sync = torch.cuda.synchronize if device == "cuda" else None
-    t = best_time(lambda: dst.copy_(src), repeat, sync)
+    t = best_time(lambda: dst.copy_(src), repeat, sync_for(device))
     return 2 * nbytes / t
 
 
@@ -161,44 +116,105 @@ def print_table(title, rows, ceiling_text):
     print(f"  {ceiling_text}")
 
 
-def bench_nn_vote_cpu(args, rng):
-    n, N, k, C = args.rows, args.gallery, args.dim, args.classes
+@dataclass(frozen=True)
+class Target:
+    """What differs between the CPU and the CUDA run of the kernel benchmarks; everything else is
+    one code path. The competitors on host arrays (numpy, faiss-cpu) run on the CPU only, and there
+    ours runs on numpy arrays (the arrays those competitors take); on CUDA it runs on device tensors."""
+
+    device: torch.device
+    label: str  # in the table titles: "CPU", "CUDA (<GPU name>)"
+    suffix: str  # after our contenders' names: "", " (CUDA)"
+    sync: Callable[[], None]
+    rows: int  # nn_vote embeddings
+    noise_samples: int  # gaussian_noise copies
+    check_rows: int  # nn_vote rows checked against torch before timing
+    ours_note: str
+    torch_name: str
+    torch_note: str
+    torch_chunk: int  # rows per matmul of the torch baseline
+    matmul_size: int  # the compute ceiling's square matmul
+    copy_bytes: int  # the bandwidth ceiling's copy
+    flops: tuple  # (scale, unit, format) of the FLOP/s figures
+    modes_rows: int
+    modes_repeat: int
+    modes_check_rows: int
+
+    @property
+    def on_host(self) -> bool:
+        return self.device.type == "cpu"
+
+
+def make_target(name: str, args) -> Target:
+    device = torch.device(name)
+    if name == "cpu":
+        return Target(device, "CPU", "", sync_for(device), args.rows, args.noise_samples, check_rows=500,
+                      ours_note=f"{build_info()['cpu']['threads']} threads", torch_name="torch cpu mm+argmin+bincount",
+                      torch_note=f"{torch.get_num_threads()} threads", torch_chunk=2048, matmul_size=4096,
+                      copy_bytes=1 << 29, flops=(1e9, "GFLOP/s", ".1f"), modes_rows=min(args.rows, args.modes_rows),
+                      modes_repeat=1, modes_check_rows=2000)
+    return Target(device, f"CUDA ({torch.cuda.get_device_name(device)})", " (CUDA)", sync_for(device), args.cuda_rows,
+                  args.cuda_noise_samples, check_rows=2000, ours_note="fp32 FFMA tiles",
+                  torch_name="torch mm+argmin+bincount (cuBLAS)", torch_note="TF32 off", torch_chunk=8192,
+                  matmul_size=8192, copy_bytes=1 << 30, flops=(1e12, "TFLOP/s", ".2f"), modes_rows=args.cuda_rows,
+                  modes_repeat=args.repeat, modes_check_rows=20_000)
+
+
+def host(a):
+    return a.cpu().numpy() if torch.is_tensor(a) else np.asarray(a)
+
+
+def bench_nn_vote(args, target: Target):
+    n, N, k, C = target.rows, args.gallery, args.dim, args.classes
+    rng = np.random.default_rng(0)
     e = rng.standard_normal((n, k)).astype(np.float32)
     g = rng.standard_normal((N, k)).astype(np.float32)
     g /= np.linalg.norm(g, axis=1, keepdims=True)
     labels = rng.integers(0, C, size=N)
+    dev, sync = target.device, target.sync
+    et, gt, lt = (torch.from_numpy(a).to(dev) for a in (e, g, labels))
+    ours_e, ours_g, ours_labels = (e, g, labels) if target.on_host else (et, gt, lt)
 
-    # Correctness first, on a slice: our votes against numpy's (identical up to near ties).
-    m = min(n, 500)
-    ours_c, ours_s = kernels.nn_vote(e[:m], g, labels, C)
-    ref_c, ref_s = vote_numpy(e[:m], g, labels, C)
-    assert abs(ours_c - ref_c).sum() <= 2, "nn_vote disagrees with numpy"
-    assert np.allclose(ours_s, ref_s, atol=1e-3), "nn_vote embedding sum disagrees with numpy"
+    # The baselines' float32 matmul: TF32 off (on the CPU this changes nothing).
+    with fp32_matmul():
+        # Correctness first, on a slice: our votes against torch's (identical up to near ties: at
+        # most one per 500 rows, and 2) and the embedding sums.
+        m = min(n, target.check_rows)
+        ties = max(2, m // 500)
+        ours_c, ours_s = (host(r) for r in kernels.nn_vote(ours_e[:m], ours_g, ours_labels, C))
+        ref_c, ref_s = (host(r) for r in vote_torch(et[:m], gt, lt, C, chunk=target.torch_chunk))
+        assert abs(ours_c - ref_c).sum() <= ties, f"nn_vote ({dev.type}) disagrees with torch"
+        assert np.allclose(ours_s, ref_s, atol=1e-3), f"nn_vote ({dev.type}) embedding sum disagrees with torch"
 
-    t_ours = best_time(lambda: kernels.nn_vote(e, g, labels, C), args.repeat)
-    results = [row("retrievalguard_fast nn_vote", t_ours, t_ours, f"{build_info()['cpu']['threads']} threads")]
-    if not args.skip_numpy:
-        results.append(row("numpy matmul+argmin+bincount", best_time(lambda: vote_numpy(e, g, labels, C), 1), t_ours))
-    et, gt, lt = torch.from_numpy(e), torch.from_numpy(g), torch.from_numpy(labels)
-    results.append(row("torch cpu mm+argmin+bincount", best_time(lambda: vote_torch(et, gt, lt, C), args.repeat), t_ours,
-                       f"{torch.get_num_threads()} threads"))
-    try:
-        faiss_vote = make_faiss_vote(g, labels, C)
-        fc, _ = faiss_vote(e[:m])
-        assert abs(fc - ref_c).sum() <= 2, "faiss disagrees with numpy"
-        results.append(row("faiss-cpu IndexFlatL2 k=1+bincount", best_time(lambda: faiss_vote(e), args.repeat), t_ours))
-    except ImportError:
-        print("  (faiss-cpu not installed: pip install faiss-cpu)")
+        # check=False: on CUDA reading the problem counters back synchronises; the CPU always checks.
+        t_ours = best_time(lambda: kernels.nn_vote(ours_e, ours_g, ours_labels, C, check=False), args.repeat, sync)
+        results = [row(f"retrievalguard_fast nn_vote{target.suffix}", t_ours, t_ours, target.ours_note)]
+        if target.on_host and not args.skip_numpy:
+            results.append(row("numpy matmul+argmin+bincount", best_time(lambda: vote_numpy(e, g, labels, C), 1),
+                               t_ours))
+        results.append(row(target.torch_name, best_time(lambda: vote_torch(et, gt, lt, C, chunk=target.torch_chunk),
+                                                        args.repeat, sync), t_ours, target.torch_note))
+        if target.on_host:
+            try:
+                faiss_vote = make_faiss_vote(g, labels, C)
+                fc, _ = faiss_vote(e[:m])
+                assert abs(fc - ref_c).sum() <= ties, "faiss disagrees with torch"
+                results.append(row("faiss-cpu IndexFlatL2 k=1+bincount", best_time(lambda: faiss_vote(e), args.repeat),
+                                   t_ours))
+            except ImportError:
+                print("  (faiss-cpu not installed: pip install faiss-cpu)")
+        peak = matmul_rate(dev, target.matmul_size)
     flops = 2.0 * n * N * k
-    peak = matmul_rate("cpu")
-    ceiling = f"ours: {flops / t_ours / 1e9:.1f} GFLOP/s = {flops / t_ours / peak:.0%} of torch's measured 4096^3 float32 matmul {peak / 1e9:.1f} GFLOP/s"
-    print_table(f"nn_vote CPU: {n} embeddings x {N} gallery x {k} dims, {C} classes", results, ceiling)
-    out = [{"kernel": "nn_vote", "device": "cpu", "shape": [n, N, k, C], "results": results,
+    scale, unit, fmt = target.flops
+    ceiling = (f"ours: {flops / t_ours / scale:{fmt}} {unit} = {flops / t_ours / peak:.0%} of torch's measured "
+               f"{target.matmul_size}^3 float32 matmul {peak / scale:{fmt}} {unit}")
+    print_table(f"nn_vote {target.label}: {n} embeddings x {N} gallery x {k} dims, {C} classes", results, ceiling)
+    out = [{"kernel": "nn_vote", "device": dev.type, "shape": [n, N, k, C], "results": results,
             "gflops": flops / t_ours / 1e9, "ceiling_gflops": peak / 1e9}]
     if args.modes:
-        m = min(n, args.modes_rows)
         for data in args.modes_data:
-            out.append(bench_nn_vote_modes(modes_embeddings(m, gt, data), gt, lt, C, 1, check_rows=2000, data=data))
+            out.append(bench_nn_vote_modes(modes_embeddings(target.modes_rows, gt, data), gt, lt, C,
+                                           target.modes_repeat, check_rows=target.modes_check_rows, data=data))
     return out
 
 
@@ -230,7 +246,7 @@ def bench_nn_vote_modes(e, g, labels, C, repeat, check_rows, data="random"):
     speed-up over that baseline, the fraction of rows the screen left to the exact search, and
     the fraction of rows (of the first check_rows) whose nearest item differs from exact mode."""
     dev = e.device
-    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+    sync = sync_for(dev)
     e_unit = torch.nn.functional.normalize(e, dim=1)  # normalize=False below: nn_search ranks by the same key
     n = len(e_unit)
     check_rows = min(check_rows, n)
@@ -269,68 +285,34 @@ def bench_nn_vote_modes(e, g, labels, C, repeat, check_rows, data="random"):
             "modes": rows}
 
 
-def bench_noise_cpu(args):
+def bench_noise(args, target: Target):
     shape = tuple(args.noise_shape)
-    x = np.random.default_rng(0).random(shape).astype(np.float32)
-    n = args.noise_samples
-    out = np.empty((n,) + shape, np.float32)
+    n, dev, sync = target.noise_samples, target.device, target.sync
+    x_host = np.random.default_rng(0).random(shape).astype(np.float32)
+    xt = torch.from_numpy(x_host).to(dev)
+    buf = torch.empty((n,) + shape, device=dev)
+    # Ours and torch write the same buffer (on the CPU ours gets it as a numpy array).
+    x, out = (x_host, buf.numpy()) if target.on_host else (xt, buf)
     z = kernels.gaussian_noise(x, 1.0, 2000, seed=1)
-    assert abs(float((z - x).mean())) < 0.01 and abs(float((z - x).std()) - 1) < 0.01
-    t_ours = best_time(lambda: kernels.gaussian_noise(x, 0.25, n, seed=1, out=out), args.repeat)
-    results = [row("retrievalguard_fast gaussian_noise", t_ours, t_ours, "x + sigma z, out= buffer")]
-    xt = torch.from_numpy(x)
-    buf = torch.empty((n,) + shape)
-    results.append(row("torch.randn (normals only)", best_time(lambda: torch.randn((n,) + shape, out=buf), args.repeat), t_ours))
-    results.append(row("torch randn + x (the noisy batch)", best_time(lambda: torch.randn((n,) + shape, out=buf).mul_(0.25).add_(xt), args.repeat), t_ours))
-    results.append(row("numpy Generator.standard_normal", best_time(lambda: np.random.default_rng(1).standard_normal((n,) + shape, dtype=np.float32), 1), t_ours))
-    bw = copy_rate("cpu")
+    assert abs(float((z - x).mean())) < 0.01 and abs(float((z - x).std()) - 1) < 0.01, \
+        f"gaussian_noise ({dev.type}) is not N(x, 1)"
+    t_ours = best_time(lambda: kernels.gaussian_noise(x, 0.25, n, seed=1, out=out), args.repeat, sync)
+    results = [row(f"retrievalguard_fast gaussian_noise{target.suffix}", t_ours, t_ours, "x + sigma z, out= buffer")]
+    results.append(row("torch.randn (normals only)",
+                       best_time(lambda: torch.randn((n,) + shape, device=dev, out=buf), args.repeat, sync), t_ours))
+    results.append(row("torch randn + x (the noisy batch)",
+                       best_time(lambda: torch.randn((n,) + shape, device=dev, out=buf).mul_(0.25).add_(xt),
+                                 args.repeat, sync), t_ours))
+    if target.on_host:
+        results.append(row("numpy Generator.standard_normal",
+                           best_time(lambda: np.random.default_rng(1).standard_normal((n,) + shape, dtype=np.float32),
+                                     1), t_ours))
+    bw = copy_rate(dev, target.copy_bytes)
     written = 4.0 * n * np.prod(shape)
     ceiling = (f"ours: {written / t_ours / 1e9:.2f} GB/s written ({n * np.prod(shape) / t_ours / 1e9:.2f} G normals/s) = "
                f"{written / t_ours / bw:.0%} of measured copy bandwidth {bw / 1e9:.1f} GB/s (read+write)")
-    print_table(f"gaussian_noise CPU: {n} copies of {shape}", results, ceiling)
-    return {"kernel": "gaussian_noise", "device": "cpu", "shape": [n, *shape], "results": results}
-
-
-def bench_cuda(args, rng):
-    dev = "cuda"
-    sync = torch.cuda.synchronize
-    n, N, k, C = args.cuda_rows, args.gallery, args.dim, args.classes
-    e = torch.randn(n, k, device=dev)
-    g = torch.nn.functional.normalize(torch.randn(N, k, device=dev), dim=1)
-    labels = torch.randint(0, C, (N,), device=dev)
-    ours_c, _ = kernels.nn_vote(e[:2000], g, labels, C)
-    ref_c, _ = vote_torch(e[:2000], g, labels, C)
-    assert int((ours_c - ref_c).abs().sum()) <= 4, "CUDA nn_vote disagrees with torch"
-    with fp32_matmul():
-        t_ours = best_time(lambda: kernels.nn_vote(e, g, labels, C, check=False), args.repeat, sync)
-        results = [row("retrievalguard_fast nn_vote (CUDA)", t_ours, t_ours, "fp32 FFMA tiles")]
-        results.append(row("torch mm+argmin+bincount (cuBLAS)", best_time(lambda: vote_torch(e, g, labels, C, chunk=8192), args.repeat, sync), t_ours, "TF32 off"))
-        flops = 2.0 * n * N * k
-        peak = matmul_rate(dev, 8192)
-    print_table(f"nn_vote CUDA ({torch.cuda.get_device_name()}): {n} x {N} x {k}", results,
-                f"ours: {flops / t_ours / 1e12:.2f} TFLOP/s = {flops / t_ours / peak:.0%} of measured fp32 matmul {peak / 1e12:.1f} TFLOP/s")
-    out = [{"kernel": "nn_vote", "device": "cuda", "shape": [n, N, k, C], "results": results}]
-    if args.modes:
-        for data in args.modes_data:
-            out.append(bench_nn_vote_modes(modes_embeddings(n, g, data), g, labels, C, args.repeat, check_rows=20_000,
-                                           data=data))
-
-    shape = tuple(args.noise_shape)
-    x = torch.rand(shape, device=dev)
-    m = args.cuda_noise_samples
-    buf = torch.empty((m,) + shape, device=dev)
-    z = kernels.gaussian_noise(x, 1.0, 2000, seed=1)
-    assert abs(float((z - x).std()) - 1) < 0.01
-    t_ours = best_time(lambda: kernels.gaussian_noise(x, 0.25, m, seed=1, out=buf), args.repeat, sync)
-    results = [row("retrievalguard_fast gaussian_noise (CUDA)", t_ours, t_ours)]
-    results.append(row("torch.randn (normals only)", best_time(lambda: torch.randn((m,) + shape, device=dev, out=buf), args.repeat, sync), t_ours))
-    results.append(row("torch randn + x", best_time(lambda: torch.randn((m,) + shape, device=dev, out=buf).mul_(0.25).add_(x), args.repeat, sync), t_ours))
-    bw = copy_rate(dev, 1 << 30)
-    written = 4.0 * m * np.prod(shape)
-    print_table(f"gaussian_noise CUDA: {m} copies of {shape}", results,
-                f"ours: {written / t_ours / 1e9:.0f} GB/s written = {written / t_ours / bw:.0%} of measured copy bandwidth {bw / 1e9:.0f} GB/s")
-    out.append({"kernel": "gaussian_noise", "device": "cuda", "shape": [m, *shape], "results": results})
-    return out
+    print_table(f"gaussian_noise {target.label}: {n} copies of {shape}", results, ceiling)
+    return {"kernel": "gaussian_noise", "device": dev.type, "shape": [n, *shape], "results": results}
 
 
 def main(argv=None):
@@ -354,19 +336,18 @@ def main(argv=None):
     p.add_argument("--json", help="write the figures to this file")
     args = p.parse_args(argv)
 
-    hw = hardware()
-    print("hardware: " + ", ".join(f"{k}={v}" for k, v in hw.items()))
+    hw = print_hardware(faiss=True)
     print("build:    " + json.dumps(build_info()["cpu"] | {"cuda": build_info()["cuda"]}, default=str))
-    rng = np.random.default_rng(0)
     report = {"date": time.strftime("%Y-%m-%d"), "hardware": hw, "benchmarks": []}
-    if args.device in ("cpu", "all"):
-        report["benchmarks"].extend(bench_nn_vote_cpu(args, rng))
-        report["benchmarks"].append(bench_noise_cpu(args))
-    if args.device in ("cuda", "all"):
-        if has_cuda():
-            report["benchmarks"].extend(bench_cuda(args, rng))
-        else:
+    for name in ("cpu", "cuda"):
+        if args.device not in (name, "all"):
+            continue
+        if name == "cuda" and not has_cuda():
             print("\nCUDA: no usable GPU here (has_cuda() is False); CUDA benchmarks skipped")
+            continue
+        target = make_target(name, args)
+        report["benchmarks"].extend(bench_nn_vote(args, target))
+        report["benchmarks"].append(bench_noise(args, target))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2, default=float)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 
 import torch
@@ -23,6 +21,7 @@ from ..demo.digits import load_default_model, load_digits_split
 from ..report import summarize
 from ..smoothing.gallery import Gallery
 from ..smoothing.retriever import SmoothedRetriever
+from .common import print_hardware, sync_for, timed
 
 CONFIGS = {
     "baseline": {},
@@ -50,7 +49,7 @@ def main(argv=None):
     data = load_digits_split()
     m = min(args.queries, len(data.query_x))
     x, y = data.query_x[:m], data.query_y[:m]
-    print(f"hardware: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {device}")
+    print_hardware(device)
     print(f"workload: digits MLP, {m} queries, n0 {args.n0}, n {args.n} (fixed), sigma {args.sigma}")
     rows = []
     for name in args.configs:
@@ -60,13 +59,7 @@ def main(argv=None):
         gallery = Gallery.from_model(model, data.gallery_x, data.gallery_y, device=device)
         r = SmoothedRetriever(model, gallery, args.sigma, batch_size=batch, device=device, seed=0, **cfg)
         r.certify(x[:1], y[:1], n0=args.n0, n=args.n)  # warm-up (and compilation)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        certs = r.certify(x, y, n0=args.n0, n=args.n)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
+        seconds, certs = timed(lambda: r.certify(x, y, n0=args.n0, n=args.n), sync_for(device))
         s = summarize(certs, args.radii)
         rows.append({"config": name, "seconds_per_query": seconds / m, "clean_recall_at_1": s["clean_recall_at_1"],
                      "vote": s["certified_recall_at_1"]["vote"], "gaussian": s["certified_recall_at_1"]["gaussian"]})

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 
 import numpy as np
@@ -31,6 +29,7 @@ from ..smoothing.certificates import vote_radius
 from ..smoothing.gallery import Gallery
 from ..smoothing.retriever import SmoothedRetriever
 from .certify import plain_torch_certify
+from .common import print_hardware, sync_for, timed
 
 
 def table(name, preds, radii_per_query, labels, radii, samples, seconds, m):
@@ -58,28 +57,21 @@ def main(argv=None):
     gallery = Gallery.from_model(model, data.gallery_x, data.gallery_y, device=device)
     m = min(args.queries, len(data.query_x))
     x, y = data.query_x[:m], data.query_y[:m]
-    print(f"hardware: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {device}")
+    print_hardware(device)
     print(f"workload: digits, {m} queries, sigma {args.sigma}, n0 {args.n0}, n {args.n}, radii {args.radii}, "
           f"alpha {args.alpha}, batch {args.batch_size}")
     r = SmoothedRetriever(model, gallery, args.sigma, batch_size=args.batch_size, device=device, seed=0)
     rows = {}
+    sync = sync_for(device)
 
-    def timed(fn):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return out, time.perf_counter() - t0
-
-    seq, t = timed(lambda: r.certify(x, y, n0=args.n0, n=args.n, alpha=args.alpha, mode="sequential", radii=args.radii))
+    t, seq = timed(lambda: r.certify(x, y, n0=args.n0, n=args.n, alpha=args.alpha, mode="sequential", radii=args.radii),
+                   sync)
     samples = sum(c.samples for c in seq)
     rows["seq"] = table("ours, sequential (vote)", [c.vote_prediction for c in seq], [c.vote_radius for c in seq], y,
                         args.radii, samples, t, m)
     rows["seq_soft"] = table("ours, sequential (soft, Gaussian)", [c.soft_prediction for c in seq],
                              [c.soft_gaussian_radius for c in seq], y, args.radii, samples, t, m)
-    fixed, t = timed(lambda: r.certify(x, y, n0=args.n0, n=args.n, alpha=args.alpha))
+    t, fixed = timed(lambda: r.certify(x, y, n0=args.n0, n=args.n, alpha=args.alpha), sync)
     samples = sum(c.samples for c in fixed)
     rows["fixed"] = table("ours, fixed n (vote)", [c.vote_prediction for c in fixed], [c.vote_radius for c in fixed], y,
                           args.radii, samples, t, m)
@@ -87,8 +79,8 @@ def main(argv=None):
                                [c.soft_gaussian_radius for c in fixed], y, args.radii, samples, t, m)
     if not args.skip_torch:
         xt = torch.from_numpy(x).to(device)
-        counts, t = timed(lambda: plain_torch_certify(model, gallery.embeddings, gallery.labels, gallery.num_classes,
-                                                      xt, args.n0, args.n, args.batch_size, args.sigma, device))
+        t, counts = timed(lambda: plain_torch_certify(model, gallery.embeddings, gallery.labels, gallery.num_classes,
+                                                      xt, args.n0, args.n, args.batch_size, args.sigma, device), sync)
         preds, radii_q = [], []
         for sel, cert in counts:  # Cohen's CERTIFY on its counts
             top = int(np.argmax(sel))
