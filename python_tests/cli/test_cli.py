@@ -346,3 +346,45 @@ def test_attack_records_resume_and_the_soundness_alarm(files, tmp_path, capsys):
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, (extra, err)
     assert (out / "results.jsonl").read_bytes() == before
+
+
+FACTORY = '''
+import os
+import torch
+from retrievalguard_fast.demo import load_default_model
+
+
+def build():
+    model = load_default_model(0.25)
+    with torch.no_grad():
+        model.net[-1].bias.add_(float(os.environ.get("RETRAINED_SHIFT", "0")))  # "retrained" weights
+    return model
+'''
+
+
+def test_a_retrained_factory_model_is_another_model(files, tmp_path):
+    """A factory is identified by its module's state, not its name: retrained weights behind the
+    same `module:factory` into the same folder are refused (resume) and embed their own gallery,
+    never reusing the old model's embeddings or records."""
+    (tmp_path / "mymodel.py").write_text(FACTORY)
+    args = ["certify", "--model", "mymodel:build", "--queries", str(files / "queries.npz"), "--gallery",
+            str(files / "gallery_x.npz"), "--sigma", "0.25", "--n", "200", "--n0", "10", "--max-queries", "4",
+            "--out", str(tmp_path / "o")]
+
+    def run(shift, *extra, check=True):
+        env = dict(cli_env(), RETRAINED_SHIFT=shift, PYTHONPATH=os.pathsep.join([str(tmp_path), cli_env()["PYTHONPATH"]]))
+        proc = subprocess.run([sys.executable, "-m", "retrievalguard_fast", *args, *extra], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert not check or proc.returncode == 0, proc.stderr
+        return proc
+
+    run("0")
+    first = json.loads((tmp_path / "o" / "run.json").read_text())["model"]
+    assert first.startswith("factory:mymodel:build:sha256:")
+    before = (tmp_path / "o" / "results.jsonl").read_bytes()
+    proc = run("0.25", "--resume", check=False)
+    assert proc.returncode == 2 and "other parameters (model differ)" in proc.stderr, proc.stderr
+    assert (tmp_path / "o" / "results.jsonl").read_bytes() == before
+    assert len(list((tmp_path / "o").glob("gallery-*.npz"))) == 2  # its own embeddings, the old ones kept
+    # The same weights again are the same model: the run resumes (nothing to redo).
+    assert "0 queries certified" in run("0", "--resume").stdout

@@ -5,6 +5,7 @@ pytorch-metric-learning. The data sets are tiny and written here, in each publis
 import csv
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -387,3 +388,36 @@ def test_attack_reads_the_same_sources_and_selection_as_certify(sop_root, tmp_pa
     run = json.loads((tmp_path / "attack" / "run.json").read_text())
     assert run["dataset"] == "sop" and run["selection"] == {"every": 3, "max_queries": 3, "of": 16}
     assert run["soft_bound"] == "bennett"
+
+
+def test_leave_one_out_is_decided_by_the_identity_of_the_data_not_its_spelling(same_images, tmp_path, monkeypatch):
+    """folder:D, folder:D/, ./D, an absolute path, a symlink and a list: of the same files are the
+    same data; so is one .npz named twice or a copy of it. Each gives leave-one-out, recorded in
+    run.json's identity; --no-leave-one-out keeps each query's own row."""
+    from retrievalguard_fast.data import load_run_data
+
+    d = same_images
+    os.symlink(d / "folder", tmp_path / "linked")
+    monkeypatch.chdir(d)
+    shutil.copy(d / "gallery.npz", tmp_path / "copy.npz")
+    spellings = [("folder:folder", f"folder:{d / 'folder'}/"), (f"folder:{d / 'folder'}", f"folder:{tmp_path / 'linked'}"),
+                 ("folder:./folder", f"list:{d / 'list.csv'}"), ("folder:folder/", "folder:folder"),
+                 (str(d / "gallery.npz"), "gallery.npz"), (str(d / "gallery.npz"), str(tmp_path / "copy.npz"))]
+    for q, g in spellings:
+        data = load_run_data(queries=q, gallery=g, dataset=None, resize=0, crop=0, workers=0)
+        assert data.exclude is not None and list(data.exclude) == list(range(12)), (q, g)
+        assert data.identity["leave_one_out"] is True and data.identity["queries_sha256"] == data.identity["gallery_sha256"]
+        kept = load_run_data(queries=q, gallery=g, dataset=None, resize=0, crop=0, workers=0, leave_one_out=False)
+        assert kept.exclude is None and kept.identity["leave_one_out"] is False, (q, g)
+    # Different data: no leave-one-out, nothing recorded about it.
+    other = load_run_data(queries=str(d / "queries.npz"), gallery="gallery.npz", dataset=None)
+    assert "leave_one_out" not in other.identity and list(other.exclude) == list(range(12))  # the file's own exclude
+    # Through the command line: two spellings of one folder give the records of the .npz run
+    # whose exclude array leaves each query out.
+    runs = {}
+    for name, q, g in [("npz", d / "queries.npz", d / "gallery.npz"),
+                       ("spelled", f"folder:{d / 'folder'}/", f"folder:{tmp_path / 'linked'}")]:
+        cli("certify", *RUN, "--queries", str(q), "--gallery", str(g), "--resize", "0", "--crop", "0",
+            "--workers", "0", "--out", str(tmp_path / name), cwd=tmp_path)
+        runs[name] = strip_timing(read_results(tmp_path / name))
+    assert runs["spelled"] == runs["npz"]

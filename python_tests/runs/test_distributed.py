@@ -184,6 +184,30 @@ def test_two_launchers_as_two_nodes(files, tmp_path, single, launched):
     assert strip_timing(read_results(out)) == single
 
 
+@pytest.mark.parametrize("node1,expected", [
+    (["--alpha", "0.3"], "alpha 0.3 here, 0.001 on rank 0"),
+    (["--num-samples", "1200"], "n 1200 here, 800 on rank 0"),
+    (["--model", "retrievalguard_fast.demo.digits:load_default_model"], "model \"factory:retrievalguard_fast.demo.digits"),
+])
+def test_launchers_with_other_parameters_stop_the_group_before_any_record(files, tmp_path, launched, node1, expected):
+    """Two nodes started with different options or models are one run only if every rank's run
+    parameters are rank 0's: the node that differs stops the group with one line naming the
+    parameter and both values, and no rank certifies a query."""
+    out = tmp_path / "out"
+    endpoint = f"127.0.0.1:{_free_port()}"
+    for node in range(2):
+        launched.append(_torchrun(["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+                                   f"--rdzv-endpoint={endpoint}", "--rdzv-id=differ", f"--node-rank={node}"],
+                                  _args(files, "--quiet", "--out", str(out), *(node1 if node else [])), tmp_path))
+    results = [_finish(proc) for proc in launched]
+    assert all(rc != 0 for rc, _, _ in results), results
+    lines = [line for line in results[1][2].splitlines() if line.startswith("error: rank 1: ")]
+    assert len(lines) == 1 and "started with other run parameters than rank 0" in lines[0] and expected in lines[0], lines
+    assert "retrievalguard_fast/" not in results[1][2]  # one line, no traceback
+    written = [p for p in out.glob("results*.jsonl") if p.stat().st_size > 0]
+    assert written == [], written  # nothing certified, by either rank
+
+
 def test_a_killed_rank_is_restarted_and_the_run_completes_identically(files, tmp_path, single, launched):
     out = tmp_path / "out"
     env = dict(cli_env(f"{out}/results.rank-*.jsonl:6"))

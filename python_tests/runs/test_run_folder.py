@@ -20,7 +20,8 @@ def setup(digits):
 def run(folder, setup, radii=(0.1, 0.25), **kw):
     retriever, x, y = setup
     return certify_to_folder(str(folder), retriever, x, y, identity={"model": "digits-mlp", "data": "test"}, n0=20,
-                             n=600, mode="sequential", radii=radii, first_checkpoint=150, quiet=True, **kw)
+                             n=600, mode=kw.pop("mode", "sequential"), radii=radii, first_checkpoint=150, quiet=True,
+                             **kw)
 
 
 def test_certify_into_a_folder_and_resume_it_from_python(setup, tmp_path):
@@ -78,5 +79,5 @@ def test_run_json_records_the_record_format_and_refuses_another(setup, tmp_path)
     (tmp_path / "a" / "run.json").write_text(json.dumps(params))
     with pytest.raises(InputError, match=r"^out .* holds records of format 2, this version writes format 1") as err:
         run(tmp_path / "a", setup, resume=True)
-    assert "choose another --out" in err.value.for_cli()
+    assert "choose a new --out" in err.value.for_cli()
     assert isinstance(err.value, ValueError)

@@ -163,7 +163,7 @@ def check_same_parameters(rank: int, ours: dict, leaders: dict) -> None:
     differ = sorted(k for k in set(ours) | set(leaders) if ours.get(k) != leaders.get(k))
     if differ:
         shown = "; ".join(f"{k} {_short(ours.get(k))} here, {_short(leaders.get(k))} on rank 0" for k in differ)
-        raise InputError(f"rank {rank} was started with other run parameters than rank 0 ({shown}); start every "
+        raise InputError(f"started with other run parameters than rank 0 ({shown}); start every "
                          "rank of a run with the same options and inputs")
 
 

@@ -109,17 +109,17 @@ class RunFolder:
             theirs, ours = previous.get(FORMAT_KEY, 1), params.get(FORMAT_KEY, 1)
             if theirs != ours:
                 raise InputError(f"{{out}} {self.out} holds records of format {theirs}, this version writes format "
-                                 f"{ours}; choose another {{out}} (or use the version that wrote them)", out=OUT)
+                                 f"{ours}; choose a new {{out}} (or use the version that wrote them)", out=OUT)
             previous.setdefault(FORMAT_KEY, 1)
             if previous != params:
                 changed = sorted(k for k in set(previous) | set(params) if previous.get(k) != params.get(k))
                 raise InputError(f"{{out}} {self.out} holds results of a run with other parameters ({', '.join(changed)} "
-                                 "differ); choose another {out} or delete that folder", out=OUT)
+                                 "differ); choose a new {out} or delete that folder", out=OUT)
             if not resume:
                 raise InputError(f"{{out}} {self.out} already holds results of this run; pass {{resume}} to continue "
-                                 "it or choose another {out}", out=OUT, resume=RESUME)
+                                 "it or choose a new {out}", out=OUT, resume=RESUME)
         elif has_results:
-            raise InputError(f"{{out}} {self.out} holds a results.jsonl without run.json; choose another {{out}}",
+            raise InputError(f"{{out}} {self.out} holds a results.jsonl without run.json; choose a new {{out}}",
                              out=OUT)
         else:  # nothing certified there yet (a fresh folder, or a run that stopped before its first query)
             atomic_write(self.run_path, lambda f: json.dump(params, f, indent=2))
@@ -131,10 +131,10 @@ class RunFolder:
                 params = json.load(f)
         except (OSError, ValueError) as exc:
             raise InputError(f"{self.run_path} is damaged ({exc}); it records the parameters of the results in "
-                             f"{self.results_path}, which cannot be resumed without it: choose another {{out}}, or "
+                             f"{self.results_path}, which cannot be resumed without it: choose a new {{out}}, or "
                              "delete the folder to start over", out=OUT) from None
         if not isinstance(params, dict):
-            raise InputError(f"{self.run_path} is damaged (not a JSON object); choose another {{out}}, or delete the "
+            raise InputError(f"{self.run_path} is damaged (not a JSON object); choose a new {{out}}, or delete the "
                              "folder to start over", out=OUT)
         return params
 
@@ -212,7 +212,7 @@ def _read_records(path: str, repair: bool) -> List[dict]:
         except ValueError:
             if data[nl + 1 :].strip():
                 raise InputError(f"{path}: line {len(records) + 1} is corrupt and is not the last "
-                                 "line; the file was edited or damaged, choose another {out}", out=OUT) from None
+                                 "line; the file was edited or damaged, choose a new {out}", out=OUT) from None
             break
         pos = good_end = nl + 1
     if repair and good_end < len(data):
