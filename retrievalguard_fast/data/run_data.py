@@ -59,6 +59,8 @@ def _image_source(spec: str, what: str, classes):
 def _same_data(queries: str, q_images, gallery: str, g_images, digest) -> bool:
     """Whether ``--queries`` and ``--gallery`` are the same data, however they are spelled."""
     if q_images is None and g_images is None:  # two .npz files: the same bytes
+        if not (os.path.isfile(queries) and os.path.isfile(gallery)):
+            return False  # a missing file is named by the loader below
         return os.path.realpath(queries) == os.path.realpath(gallery) or digest(queries) == digest(gallery)
     if q_images is None or g_images is None:
         return False
