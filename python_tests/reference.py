@@ -83,3 +83,64 @@ def nn_vote(embeddings, gallery, labels, num_classes, exclude=None, normalize=Tr
     i1, _, _, _, d = nn_search(e, gallery, exclude)
     counts = np.bincount(np.asarray(labels)[i1], minlength=num_classes)
     return counts, e.sum(axis=0), i1, d
+
+
+def independent_l2_pgd(embed, x, gallery_embeddings, gallery_labels, reference, radius, *, steps=20, restarts=2,
+                       temperature=0.05, step_size=2.5, clip=(0.0, 1.0), seed=0, targeted=(), exclude=-1):
+    """An l2 PGD on a base embedding model, written from Madry et al. and torchattacks' PGDL2
+    (not from the package's attack): the cross-entropy of the class scores
+    ``-min_{y_j = c} |e - g_j|^2 / T`` against the reference label (untargeted) and, for each
+    label in ``targeted``, the score of that label minus the reference's; step
+    ``step_size * radius / steps`` along the l2-normalised gradient, projection onto the ball and
+    the clip; restart 0 from the query, the others from a uniform point of the ball, targeted
+    passes from the query. Returns (broken, point): broken if some candidate's 1-NN label
+    (of the normalised embedding) is not the reference."""
+    import torch
+
+    g = torch.as_tensor(np.asarray(gallery_embeddings), dtype=torch.float64)
+    g = g / g.norm(dim=1, keepdim=True)
+    y = torch.as_tensor(np.asarray(gallery_labels), dtype=torch.int64)
+    classes = int(y.max()) + 1
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+
+    def class_scores(e):
+        e = e / e.norm(dim=-1, keepdim=True)
+        d = ((e[:, None, :].double() - g[None]) ** 2).sum(-1)
+        if exclude >= 0:
+            d[:, exclude] = float("inf")
+        per_class = torch.stack([d[:, y == c].min(1).values if (y == c).any() else torch.full((len(d),), float("inf"),
+                                 dtype=d.dtype) for c in range(classes)], 1)
+        return -per_class / temperature, d
+
+    def label_of(point):
+        with torch.no_grad():
+            _, d = class_scores(embed(point[None]))
+            return int(y[int(d[0].argmin())])
+
+    starts = [("untargeted", None, r) for r in range(restarts)] + [("targeted", int(c), 0) for c in targeted]
+    for kind, target, r in starts:
+        if r == 0:
+            delta = torch.zeros_like(x)
+        else:
+            v = torch.randn(x.shape, generator=gen)
+            delta = v / v.norm() * radius * float(torch.rand((), generator=gen)) ** (1.0 / x.numel())
+        delta = ((x + delta).clamp(*clip) - x)
+        for _ in range(steps):
+            delta = delta.detach().requires_grad_(True)
+            scores, _ = class_scores(embed((x + delta)[None]))
+            if kind == "untargeted":
+                loss = torch.nn.functional.cross_entropy(scores, torch.tensor([reference]))
+            else:
+                loss = scores[0, target] - scores[0, reference]
+            (grad,) = torch.autograd.grad(loss, delta)
+            delta = delta.detach() + step_size * radius / steps * grad / grad.norm().clamp_min(1e-30)
+            norm = delta.norm()
+            if norm > radius * (1 - 1e-5):
+                delta = delta * (radius * (1 - 1e-5) / norm)
+            delta = (x + delta).clamp(*clip) - x
+        point = (x + delta).clamp(*clip)
+        assert float((point.double() - x.double()).norm()) <= radius
+        if label_of(point) != reference:
+            return True, point
+    return False, x

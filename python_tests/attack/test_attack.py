@@ -4,7 +4,8 @@ vote and base models, and the soundness alarm.
 - A closed-form half-space model, whose smoothed models' true robust radius is the distance to
   the plane: the attack breaks the query at 1.1x that radius and never at 0.9x.
 - Digits: empirical robust Recall@1 >= certified Recall@1 at every radius, no certified query
-  broken inside its radius, and a fake certifier that doubles every radius is caught.
+  broken inside its radius (at grid radii, and each claim at its own radius), and fakes that
+  inflate the radii are caught (the 10% fake on the half-space is in test_claims.py).
 - The pieces: the break tests, the surrogate's gradient far from the boundary, the projection.
 """
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from half_space import half_space_queries
 from retrievalguard_fast.attack import (AttackConfig, Attacker, empirical_recall, soft_break_margin, soundness_alarm,
                                         vote_break_test)
 from retrievalguard_fast.attack.losses import vote_surrogate_loss
@@ -23,35 +25,6 @@ from retrievalguard_fast.report import certified_accuracy
 from retrievalguard_fast.smoothing import SmoothedRetriever
 
 # ---------------------------------------------------------------------- the half-space model
-
-
-class HalfSpace(torch.nn.Module):
-    """Embedding (scale (w.x + b), 1): with the gallery {(1, 0): label 0, (-1, 0): label 1} the
-    1-NN label is 0 iff w.x + b > 0. Both smoothed models are the same half-space (F's first
-    coordinate is an odd, increasing function of w.x + b under symmetric noise), so with |w| = 1
-    the true robust radius of x is exactly w.x + b, the distance to the plane."""
-
-    def __init__(self, w, b, scale=2.0):
-        super().__init__()
-        self.register_buffer("w", torch.as_tensor(w, dtype=torch.float32))
-        self.b, self.scale = float(b), float(scale)
-
-    def forward(self, x):
-        s = self.scale * (x.flatten(1) @ self.w + self.b)
-        return torch.stack([s, torch.ones_like(s)], dim=1)
-
-
-def half_space_queries(dim=16, count=3, distance=1.0, seed=0):
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal(dim)
-    w /= np.linalg.norm(w)
-    b = 0.3
-    # Points at the given distance on the label-0 side: x = x0 + (distance - (w.x0 + b)) w.
-    x0 = rng.uniform(-1, 1, size=(count, dim))
-    x = x0 + (distance - (x0 @ w + b))[:, None] * w[None, :]
-    assert np.allclose(x @ w + b, distance)
-    gallery = Gallery(np.array([[1.0, 0.0], [-1.0, 0.0]]), np.array([0, 1]))
-    return HalfSpace(w, b), gallery, x.astype(np.float32)
 
 
 @pytest.mark.parametrize("model", ["vote", "soft"])
@@ -126,8 +99,8 @@ def test_projection_respects_the_ball_and_the_clip():
     attacker = Attacker(retriever, AttackConfig(radii=(0.5, 3.0), models=("base",), steps=5, restarts=3,
                                                 clip=(0.0, 1.0), seed=1))
     xt = torch.from_numpy(x[0])
-    points, rows = attacker.pgd("base", xt, 0, -1, torch.Generator().manual_seed(0))
-    assert rows == 2 * 3 * (5 + 1)
+    points, rows = attacker.pgd("base", xt, 0, -1, torch.Generator().manual_seed(0), attacker.radii, rivals=[1])
+    assert rows == 2 * (3 + 1) * (5 + 1)  # radii x (restarts + one targeted pass) x (steps + the final pass)
     for p, radius in zip(points, (0.5, 3.0)):
         assert float(p.min()) >= 0.0 and float(p.max()) <= 1.0
         assert attacker.checked_norm(xt, p, radius) <= radius
@@ -143,8 +116,8 @@ RADII = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5)
 
 
 @pytest.fixture(scope="module")
-def digits_run():
-    """A small noise-trained digits model, 12 certified queries and the attack on them."""
+def digits_certified():
+    """A small noise-trained digits model's retriever, 12 queries, their labels and certificates."""
     from retrievalguard_fast.demo.training import train_embedding_model
 
     torch.manual_seed(0)
@@ -153,7 +126,13 @@ def digits_run():
     gallery = Gallery.from_model(model, data.gallery_x, data.gallery_y)
     q, y = data.query_x[:12], data.query_y[:12]
     retriever = SmoothedRetriever(model, gallery, SIGMA, batch_size=2000, seed=5)
-    certs = retriever.certify(q, y, n0=100, n=5000, alpha=0.001)
+    return retriever, q, y, retriever.certify(q, y, n0=100, n=5000, alpha=0.001)
+
+
+@pytest.fixture(scope="module")
+def digits_run(digits_certified):
+    """The attack of the 12 queries at the grid RADII."""
+    retriever, q, y, certs = digits_certified
     config = AttackConfig(radii=RADII, steps=10, eot=16, restarts=1, n0=500, n=4000, alpha=0.001, seed=11)
     attacker = Attacker(retriever, config)
     records = [attacker.attack_query(q[i], i, int(y[i])) for i in range(len(q))]
@@ -211,3 +190,28 @@ def test_an_over_certifying_fake_is_caught(digits_run):
     print(f"fake with soft radii scaled to a maximum of 1: {alarm['by_model']}")
     assert alarm["by_model"]["soft"]["broken_inside_radius"] >= 1
     assert alarm["by_model"]["vote"]["broken_inside_radius"] == 0
+
+
+@pytest.mark.slow
+def test_each_certified_claim_is_attacked_at_its_own_radius(digits_certified):
+    """The claims of the honest certificates, attacked at their own radii, are never broken; the
+    same claims with the vote radius 1.5x and the soft radii scaled to a maximum of 1 are."""
+    retriever, q, y, certs = digits_certified
+    attacker = Attacker(retriever, AttackConfig(radii=(), steps=10, eot=16, restarts=1, n0=500, n=4000, seed=13))
+    honest = {c.index: c.to_dict() for c in certs}
+    records = [attacker.attack_query(q[i], i, int(y[i]), certified=honest[i]) for i in honest]
+    alarm = soundness_alarm(records, honest)
+    print(f"\nhonest claims: {alarm['by_claim']}")
+    assert alarm["broken_inside_radius"] == 0, alarm["cases"]
+    assert alarm["by_claim"]["vote"]["tested"] >= 9 and alarm["by_claim"]["gaussian"]["tested"] >= 9
+    soft_max = max(c.soft_gaussian_radius for c in certs if c.soft_gaussian_radius is not None)
+    fake = with_radii_scaled(certs, 1.5, ("vote_radius",))
+    for index, d in fake.items():
+        if d["soft_gaussian_radius"] is not None:
+            d["soft_gaussian_radius"] /= soft_max
+    records = [attacker.attack_query(q[i], i, int(y[i]), certified=fake[i]) for i in fake]
+    alarm = soundness_alarm(records, fake)
+    print(f"inflated claims: {alarm['by_claim']}")
+    assert alarm["by_claim"]["vote"]["broken_inside_radius"] >= 1
+    assert alarm["by_claim"]["gaussian"]["broken_inside_radius"] >= 1
+    assert all(c["break_norm"] < c["certified_radius"] for c in alarm["cases"])

@@ -42,12 +42,15 @@ def vote_break_test(selection: np.ndarray, counts: np.ndarray, reference: int, a
             "rival_share_lower": low}
 
 
-def soft_break_margin(mean: np.ndarray, t: float, gallery, reference: int, exclude: int = -1,
+def soft_break_margin(mean: np.ndarray, t: float, gallery, reference: int, exclude: int = -1, k: int = 1,
                       chunk: int = 256) -> float:
-    """``min_p max_b (tau - u.F̂) - t`` over rows p of ``reference`` and b of other labels (minus
-    a 1e-9 allowance): positive iff every positive row p has a negative b with ``u.F̂ + t < tau``,
-    i.e. on the event ``|F̂ - F| <= t`` b is strictly closer to F than p, so the nearest row of F
-    has another label. +inf when the reference label has no row, -inf when no other label has."""
+    """``min_p (k-th largest over b of (tau - u.F̂)) - t`` over rows p of ``reference`` and b of
+    other labels (minus a 1e-9 allowance): positive iff every positive row p has k negatives b
+    with ``u.F̂ + t < tau``, i.e. on the event ``|F̂ - F| <= t`` each of them is strictly closer
+    to F than p. Then the nearest positive has k rows of other labels nearer than itself: for
+    k = 1 the nearest row of F has another label, for k > 1 no row of ``reference`` is among the
+    k nearest (Recall@k is 0). +inf when the reference label has no row, -inf when fewer than k
+    rows have another label."""
     g, n2, labels = gallery.embeddings64, gallery.sq_norms64, gallery.labels_np
     keep = np.ones(len(labels), dtype=bool)
     if exclude >= 0:
@@ -55,7 +58,7 @@ def soft_break_margin(mean: np.ndarray, t: float, gallery, reference: int, exclu
     pos, neg = np.flatnonzero(keep & (labels == reference)), np.flatnonzero(keep & (labels != reference))
     if len(pos) == 0:
         return math.inf
-    if len(neg) == 0:
+    if len(neg) < k:
         return -math.inf
     gn, n2n, fn = g[neg], n2[neg], g[neg] @ mean
     worst = math.inf
@@ -64,7 +67,9 @@ def soft_break_margin(mean: np.ndarray, t: float, gallery, reference: int, exclu
         sep = np.sqrt(np.maximum(n2[p][:, None] + n2n[None, :] - 2.0 * g[p] @ gn.T, 1e-300))
         uf = ((g[p] @ mean)[:, None] - fn[None, :]) / sep  # u.F̂, u = (g_p - g_b)/|g_p - g_b|
         tau = (n2[p][:, None] - n2n[None, :]) / (2.0 * sep)
-        worst = min(worst, float((tau - uf).max(axis=1).min()))  # each p's best beating negative
+        # each p's k-th best beating negative
+        kth = -np.partition(-(tau - uf), k - 1, axis=1)[:, k - 1]
+        worst = min(worst, float(kth.min()))
     return worst - t - _MARGIN_ALLOWANCE
 
 

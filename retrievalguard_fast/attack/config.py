@@ -19,7 +19,8 @@ class AttackConfig:
     models: Tuple[str, ...] = MODELS
     steps: int = 20
     eot: int = 32  # noise draws per PGD step (expectation over transformation)
-    restarts: int = 2
+    restarts: int = 2  # candidates per radius against all rival classes (the clean point, then random starts)
+    targets: int = 2  # targeted passes per radius, one against each of the nearest rival labels
     step_size: float = 2.5  # PGD step = step_size * radius / steps (Madry et al.'s 2.5 eps / steps)
     temperature: float = 0.05  # of the vote surrogate's softmax over -|e - g|^2
     clip: Tuple[float, float] = (0.0, 1.0)
@@ -36,6 +37,6 @@ class AttackConfig:
 
     def to_dict(self) -> dict:
         return {"radii": self.attacked_radii, "models": list(self.models), "steps": self.steps, "eot": self.eot,
-                "restarts": self.restarts, "step_size": self.step_size, "temperature": self.temperature,
+                "restarts": self.restarts, "targets": self.targets, "step_size": self.step_size, "temperature": self.temperature,
                 "clip": list(self.clip), "n0": self.n0, "n": self.n, "alpha": self.alpha, "seed": self.seed,
                 "soft_bound": self.soft_bound}

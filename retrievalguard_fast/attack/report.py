@@ -18,6 +18,14 @@ def _cert_key(model: str):
     return None if cert is None else cert.key
 
 
+def budget_text(p: dict) -> str:
+    """The attack's budget as run: the base model draws no noise."""
+    draws = f" x {p['eot']} noise draws" if any(m != "base" for m in p["models"]) else ""
+    base = " (base: no noise)" if draws and "base" in p["models"] else ""
+    return (f"PGD {p['steps']} steps{draws}{base}, {p['restarts']} restarts + {p.get('targets', 0)} targeted passes "
+            "per radius")
+
+
 def csv_rows(summary: dict) -> Iterator[List]:
     for model, values in summary["empirical_robust_recall_at_1"].items():
         for r, v in values.items():
@@ -60,8 +68,7 @@ def plot_attack(summary: dict, path: str) -> None:
     ax.set_xlim(0, top)
     ax.grid(alpha=0.3)
     title = (f"Certified (lower) vs empirical (upper) robust Recall@1: sigma={p['sigma']}, {summary['num_queries']} "
-             f"queries\nPGD {p['steps']} steps x {p['eot']} noise draws, {p['restarts']} restarts; "
-             f"breaks tested at alpha={p['alpha']}")
+             f"queries\n{budget_text(p)}; breaks tested at alpha={p['alpha']}")
     if cert is not None:
         title += f"; {cert['alarm']['broken_inside_radius']} certified queries broken inside their radius"
     ax.set_title(title, fontsize=8)
@@ -73,8 +80,8 @@ def print_attack_table(summary: dict, color: bool = False) -> None:
     radii = summary["radii"]
     p = summary["parameters"]
     head = "".join(f"{'r=' + format(r, 'g'):>9}" for r in radii)
-    print(f"\nrobust Recall@1 ({summary['num_queries']} queries; attack: PGD {p['steps']} steps x {p['eot']} noise draws, "
-          f"{p['restarts']} restarts; breaks tested with fresh noise at alpha={p['alpha']})")
+    print(f"\nrobust Recall@1 ({summary['num_queries']} queries; attack: {budget_text(p)}; "
+          f"breaks tested with fresh noise at alpha={p['alpha']})")
     print(f"  {'model':<30}{head}")
     cert = summary.get("certified")
     for model, (name, _) in MODEL_STYLES.items():
@@ -95,12 +102,12 @@ def print_attack_table(summary: dict, color: bool = False) -> None:
     print(line)
     if cert is not None:
         alarm = cert["alarm"]
-        per = ", ".join(f"{k} {v['broken_inside_radius']} of {v['certified']} certified"
-                        + (f" ({v['disagree']} with another clean prediction, not compared)" if v["disagree"] else "")
-                        for k, v in alarm["by_model"].items())
-        text = f"soundness: {alarm['broken_inside_radius']} certified queries broken inside their certified radius ({per})"
+        per = ", ".join(f"{k} {v['broken_inside_radius']} of {v['tested']}" for k, v in alarm.get("by_claim", {}).items())
+        grid = ", ".join(f"{k} {v['broken_inside_radius']} of {v['certified']}" for k, v in alarm["by_model"].items())
+        text = (f"soundness: {alarm['broken_inside_radius']} certified queries broken inside their own certified radius "
+                f"(attacked at the certified radius: {per or 'no claims'}; at grid radii below it: {grid})")
         if alarm["broken_inside_radius"]:
-            cases = "; ".join(f"query {c['index']} {c['model']}: broken at norm {c['break_norm']:.4g} < certified "
+            cases = "; ".join(f"query {c['index']} {c['certificate']}: broken at norm {c['break_norm']:.4g} < certified "
                               f"{c['certified_radius']:.4g}" for c in alarm["cases"][:5])
             text = f"SOUNDNESS ALARM: {text}: {cases}" + (" ..." if len(alarm["cases"]) > 5 else "")
             if color:

@@ -104,7 +104,7 @@ def attack(args) -> int:
         check_clip(data.queries, args.clip, f"--queries {args.queries}")
     model, model_id = load_model(args.model)
     config = AttackConfig(radii=tuple(args.radii), models=tuple(args.models), steps=args.steps, eot=args.eot,
-                          restarts=args.restarts, step_size=args.step_size, temperature=args.temperature,
+                          restarts=args.restarts, targets=args.targets, step_size=args.step_size, temperature=args.temperature,
                           clip=tuple(args.clip), n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
                           soft_bound=args.soft_bound)
     with RunFolder(args.out) as folder:  # held from here: the gallery embeddings are cached in it

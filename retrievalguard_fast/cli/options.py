@@ -165,7 +165,11 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_positive_int, default=20, help="PGD steps per restart (default 20)")
     p.add_argument("--eot", type=_positive_int, default=32, help="noise draws averaged per PGD step (default 32)")
     p.add_argument("--restarts", type=_positive_int, default=2,
-                   help="PGD starts per radius: the clean point, then random points in the ball (default 2)")
+                   help="PGD candidates per radius against all rival classes: the clean point, then random points "
+                        "in the ball (default 2)")
+    p.add_argument("--targets", type=_count, default=2,
+                   help="targeted PGD passes per radius, one against each of the rival labels nearest to the clean "
+                        "point (default 2; 0: none)")
     p.add_argument("--step-size", type=_positive_float, default=2.5, help="PGD step = step-size x radius / steps (default 2.5)")
     p.add_argument("--temperature", type=_positive_float, default=0.05,
                    help="temperature of the vote model's softmax surrogate over -|e - g|^2 (default 0.05)")

@@ -4,6 +4,8 @@ and sets a certify run's certificates beside the attack (:func:`certified_record
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -15,7 +17,8 @@ from .folder import FORMAT_KEY, read_run
 from .skeleton import OutOfMemoryHint, Session, check_indices, query_chunks, run_in_folder
 
 #: Version of the attack's record format (docs/attack.md, "Records"), recorded in its run.json.
-ATTACK_RECORD_FORMAT = 1
+#: 2: each record's ``certified`` list (every certified claim attacked at its own radius).
+ATTACK_RECORD_FORMAT = 2
 _MEMORY = OutOfMemoryHint("attacking a query in batches of batch_size model rows", "{batch_size} (or {eot})",
                           {"batch_size": BATCH_SIZE, "eot": EOT})
 
@@ -41,6 +44,10 @@ def certified_records(folder: str, identity: dict, sigma: float, model_stage: di
     return {int(r["index"]): r for r in records}
 
 
+def _digest(records) -> str:
+    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
+
+
 def attack_to_folder(out, retriever, queries, labels, *, identity: dict, config: AttackConfig,
                      exclude: Optional[np.ndarray] = None, indices: Optional[Sequence[int]] = None,
                      certified: Optional[str] = None, resume: bool = False, quiet: bool = False) -> dict:
@@ -61,6 +68,8 @@ def attack_to_folder(out, retriever, queries, labels, *, identity: dict, config:
               "num_queries": m, "device_type": retriever.device.type, "batch_size": retriever.batch_size,
               "model_stage": retriever.model_stage, FORMAT_KEY: ATTACK_RECORD_FORMAT}
     cert = None if certified is None else certified_records(certified, identity, params["sigma"], retriever.model_stage)
+    # The claims attacked are part of what a record is: a resume against other certificates is refused.
+    params["certified_digest"] = None if cert is None else _digest([cert[i] for i in sorted(cert)])
     attacker = Attacker(retriever, config)
     if not hasattr(queries, "iter_chunks"):  # an array: checked whole before the folder is touched
         check_clip(queries, config.clip, "the queries")
@@ -70,7 +79,8 @@ def attack_to_folder(out, retriever, queries, labels, *, identity: dict, config:
             for k, x in zip(positions, xs):
                 index = int(indices[k])
                 check_clip(x, config.clip, f"query {index}")
-                record = attacker.attack_query(x, index, int(labels[k]), int(exclude[k]))
+                record = attacker.attack_query(x, index, int(labels[k]), int(exclude[k]),
+                                               certified=None if cert is None else cert.get(index))
                 drawn = record["attack_rows"] + record["test_samples"]
                 progress.samples(drawn)
                 yield record, drawn
