@@ -307,13 +307,20 @@ def test_attack_records_resume_and_the_soundness_alarm(files, tmp_path, capsys):
     assert set(summary["empirical_robust_recall_at_1"]) == {"vote", "soft", "base"}
     assert summary["certified"]["alarm"]["broken_inside_radius"] == 0
     assert (out / "attack_vs_certified.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Every certified claim was attacked at its own radius.
+    assert all({t["certificate"] for t in r["certified"]} >= {"vote", "gaussian"} for r in records)
+    assert all(t["norm"] < t["radius"] and not t["broken"] for r in records for t in r["certified"])
     # The folder holds this run: again without --resume is refused; a resume after losing the
     # last two records redoes exactly them, identically (each query's randomness is its own).
-    assert main(list(_attack_args(files, out))) == 2 and "--resume" in capsys.readouterr().err
+    certified = ("--certified", str(cert))
+    assert main(list(_attack_args(files, out, *certified))) == 2 and "--resume" in capsys.readouterr().err
     lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
     (out / "results.jsonl").write_text(lines[0] + lines[1][:20])  # a torn second line
-    cli(*_attack_args(files, out, "--resume", "--quiet"), cwd=tmp_path)
+    cli(*_attack_args(files, out, "--resume", "--quiet", *certified), cwd=tmp_path)
     assert strip_timing(read_results(out)) == strip_timing(records)
+    # The records hold the claims' attacks: a resume against other certificates (or none) is refused.
+    assert main(list(_attack_args(files, out, "--resume"))) == 2
+    assert "certified_digest" in capsys.readouterr().err
     # An over-certifying fake (every vote radius x100): the alarm, exit status 1.
     fake = tmp_path / "fake"
     fake.mkdir()
@@ -322,15 +329,17 @@ def test_attack_records_resume_and_the_soundness_alarm(files, tmp_path, capsys):
         for r in read_results(cert):
             r["vote_radius"] = None if r["vote_radius"] is None else 100 * r["vote_radius"]
             f.write(json.dumps(r) + "\n")
-    alarm = cli(*_attack_args(files, out, "--resume", "--certified", str(fake)), cwd=tmp_path, check=False)
+    faked = tmp_path / "attack-fake"
+    alarm = cli(*_attack_args(files, faked, "--certified", str(fake)), cwd=tmp_path, check=False)
     assert alarm.returncode == 1 and "SOUNDNESS ALARM" in alarm.stdout, alarm.stdout + alarm.stderr
-    assert json.loads((out / "summary.json").read_text())["certified"]["alarm"]["by_model"]["vote"]["broken_inside_radius"] >= 1
+    found = json.loads((faked / "summary.json").read_text())["certified"]["alarm"]
+    assert found["by_claim"]["vote"]["broken_inside_radius"] >= 1 and found["by_model"]["vote"]["broken_inside_radius"] >= 1
     # Bad input (in this process: each check ends before any attack): one line, status 2, the
     # records untouched.
     before = (out / "results.jsonl").read_bytes()
     capsys.readouterr()
     other_sigma = [a if a != "0.25" else "0.3" for a in _attack_args(files, tmp_path / "o2", "--certified", str(cert))]
-    for argv, message in ((_attack_args(files, out, "--resume", "--clip", "0.5,1"), "outside --clip"),
+    for argv, message in ((_attack_args(files, out, "--resume", "--clip", "0.5,1", *certified), "outside --clip"),
                           (_attack_args(files, out, "--resume", "--certified", str(tmp_path / "missing")), "--certified"),
                           (_attack_args(files, out, "--resume", "--certified", str(out)), "not a folder of certify"),
                           (other_sigma, "sigma")):

@@ -421,3 +421,41 @@ def test_leave_one_out_is_decided_by_the_identity_of_the_data_not_its_spelling(s
             "--workers", "0", "--out", str(tmp_path / name), cwd=tmp_path)
         runs[name] = strip_timing(read_results(tmp_path / name))
     assert runs["spelled"] == runs["npz"]
+
+
+def test_verify_data_sees_a_same_size_replacement_that_kept_its_mtime(tmp_path):
+    """`cp -p` of another image of the same size over one of the set: the listing digest (paths,
+    sizes, mtimes) cannot see it, --verify-data (the bytes) does: a resume is refused with one
+    line naming the digest, and the records are untouched."""
+    from retrievalguard_fast.data import load_run_data
+
+    rng = np.random.default_rng(3)
+    for c in range(2):
+        for k in range(3):
+            write_image(str(tmp_path / "d" / f"class{c}" / f"{k}.ppm"), rng, c)  # PPM: size fixed by the pixels
+    write_image(str(tmp_path / "other.ppm"), rng, 1)
+    target = tmp_path / "d" / "class0" / "1.ppm"
+    assert os.path.getsize(target) == os.path.getsize(tmp_path / "other.ppm")
+    spec = f"folder:{tmp_path / 'd'}"
+
+    def identity(verify):
+        return load_run_data(queries=spec, gallery=spec, dataset=None, resize=0, crop=0, workers=0,
+                             verify_data=verify).identity
+
+    listing, content = identity(False), identity(True)
+    assert "image_digest" not in listing and content["image_digest"] == "bytes"
+    assert listing["queries_sha256"] != content["queries_sha256"]
+    args = ["certify", *RUN, "--queries", spec, "--gallery", spec, "--resize", "0", "--crop", "0", "--workers", "0",
+            "--verify-data", "--out", str(tmp_path / "run")]
+    cli(*args, cwd=tmp_path)
+    before = (tmp_path / "run" / "results.jsonl").read_bytes()
+    st = os.stat(target)
+    shutil.copyfile(tmp_path / "other.ppm", target)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # what cp -p and rsync -a keep
+    assert identity(False) == listing  # invisible to the listing
+    assert identity(True)["queries_sha256"] != content["queries_sha256"]
+    proc = cli(*args, "--resume", cwd=tmp_path, check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith("error:") and "queries_sha256" in last, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (tmp_path / "run" / "results.jsonl").read_bytes() == before

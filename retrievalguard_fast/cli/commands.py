@@ -32,7 +32,7 @@ def load_data(args):
 
     return load_run_data(queries=args.queries, gallery=args.gallery, dataset=args.dataset, every=args.every,
                          max_queries=args.max_queries, resize=args.resize, crop=args.crop, workers=args.workers,
-                         leave_one_out=not args.no_leave_one_out)
+                         leave_one_out=not args.no_leave_one_out, verify_data=args.verify_data)
 
 
 def demo(args) -> int:

@@ -138,6 +138,10 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-leave-one-out", action="store_true",
                    help="when --queries and --gallery are the same data (by identity: the same files or bytes, "
                         "however spelled), keep each query's own gallery row (default: leave it out)")
+    p.add_argument("--verify-data", action="store_true",
+                   help="images: identify them by a digest of every file's bytes (reads them all) instead of their "
+                        "paths, sizes and modification times, which miss a same-size replacement that kept its "
+                        "mtime (cp -p, rsync -a)")
     p.add_argument("--workers", type=_count, default=None,
                    help="images: DataLoader worker processes decoding them (default: the cores, at most 8; 0: none)")
 

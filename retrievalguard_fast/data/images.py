@@ -31,6 +31,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import InputError
+from .models import file_digest
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -54,14 +55,21 @@ class ImageSet:
         pos = [int(p) for p in positions]
         return ImageSet([self.paths[p] for p in pos], self.labels[pos], [self.where[p] for p in pos], self.source)
 
-    def digest(self) -> str:
+    def digest(self, content: bool = False) -> str:
         """sha256 of the listing: each file's path, label, size and modification time (reading
         every image's bytes to identify a 60,000-image set would cost as much as decoding it).
-        An image replaced in place changes its mtime, so a resume or the gallery cache sees it."""
+        An image replaced in place changes its mtime, so a resume or the gallery cache sees it;
+        one replaced by a file of the same size with its mtime kept (``cp -p``, ``rsync -a``) does
+        not. ``content=True`` (``--verify-data``): each file's path, label and the sha256 of its
+        bytes instead, which sees every change and reads every byte."""
         h = hashlib.sha256()
         for path, label in zip(self.paths, self.labels.tolist()):
-            st = os.stat(path)
-            h.update(json.dumps([os.path.abspath(path), label, st.st_size, st.st_mtime_ns]).encode() + b"\n")
+            if content:
+                entry = [os.path.abspath(path), label, file_digest(path)]
+            else:
+                st = os.stat(path)
+                entry = [os.path.abspath(path), label, st.st_size, st.st_mtime_ns]
+            h.update(json.dumps(entry).encode() + b"\n")
         return h.hexdigest()
 
 

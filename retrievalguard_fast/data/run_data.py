@@ -70,7 +70,7 @@ def _same_data(queries: str, q_images, gallery: str, g_images, digest) -> bool:
 
 def load_run_data(*, queries: Optional[str], gallery: Optional[str], dataset: Optional[str], every: int = 1,
                   max_queries: Optional[int] = None, resize: int = 256, crop: int = 224,
-                  workers: Optional[int] = None, leave_one_out: bool = True) -> RunData:
+                  workers: Optional[int] = None, leave_one_out: bool = True, verify_data: bool = False) -> RunData:
     """The data options of a run -> :class:`RunData` (see the module docstring).
 
     When the queries and the gallery are the same data, each query leaves its own gallery row out
@@ -78,7 +78,11 @@ def load_run_data(*, queries: Optional[str], gallery: Optional[str], dataset: Op
     is decided by identity, never by spelling: image sources listing the same files (resolved
     paths: ``folder:D``, ``folder:D/``, ``./D``, a symlink, or a ``list:`` of those files) with
     the same labels in the same order, or ``.npz`` files with the same bytes; a benchmark layout
-    says it itself (SOP, CUB, CARS196). run.json then records ``leave_one_out``."""
+    says it itself (SOP, CUB, CARS196). run.json then records ``leave_one_out``.
+
+    Image sources are identified by a digest of their listing (paths, labels, sizes and
+    modification times) or, with ``verify_data=True``, of every file's bytes
+    (:meth:`~.images.ImageSet.digest`; run.json then records ``image_digest: "bytes"``)."""
     allow_leave_one_out = leave_one_out
     digest = functools.lru_cache(maxsize=None)(file_digest)  # each .npz file read once
     if dataset is not None and (queries is not None or gallery is not None):
@@ -92,9 +96,9 @@ def load_run_data(*, queries: Optional[str], gallery: Optional[str], dataset: Op
         split = benchmark(dataset)
         q_images, g_images, same = split.queries, split.gallery, split.leave_one_out
         identity["dataset"] = dataset.partition(":")[0]
-        q_images_digest = q_images.digest()
+        q_images_digest = q_images.digest(verify_data)
         identity["queries_sha256"] = q_images_digest
-        identity["gallery_sha256"] = q_images_digest if g_images is q_images else g_images.digest()
+        identity["gallery_sha256"] = q_images_digest if g_images is q_images else g_images.digest(verify_data)
     else:
         # Folder sources of one run share one label map: the sorted union of their class names.
         folders = [(spec[len("folder:"):], what) for spec, what in ((queries, "--queries"), (gallery, "--gallery"))
@@ -121,13 +125,15 @@ def load_run_data(*, queries: Optional[str], gallery: Optional[str], dataset: Op
     else:
         g_source, g_size = g_images, len(g_images)
     if dataset is None:  # the digest of an .npz file, or of an image source's listing
-        identity["queries_sha256"] = digest(queries) if q_images is None else q_images.digest()
+        identity["queries_sha256"] = digest(queries) if q_images is None else q_images.digest(verify_data)
         identity["gallery_sha256"] = (identity["queries_sha256"] if same
-                                      else digest(gallery) if g_images is None else g_images.digest())
+                                      else digest(gallery) if g_images is None else g_images.digest(verify_data))
     if exclude is not None and len(exclude) and (exclude.min() < -1 or exclude.max() >= g_size):
         raise InputError(f"--queries {queries}: exclude values must be in [-1, {g_size - 1}] (gallery size {g_size})")
     if q_images is not None or g_images is not None:
         identity["preprocessing"] = preprocess.identity()
+        if verify_data:  # absent: the listing digest (folders written before the option resume)
+            identity["image_digest"] = "bytes"
     # --every K (Cohen et al.'s --skip), then the first --max-queries; the gallery stays whole.
     m = len(labels)
     selected = np.arange(0, m, every, dtype=np.int64)[:max_queries]
