@@ -100,7 +100,8 @@ def test_projection_respects_the_ball_and_the_clip():
                                                 clip=(0.0, 1.0), seed=1))
     xt = torch.from_numpy(x[0])
     points, rows = attacker.pgd("base", xt, 0, -1, torch.Generator().manual_seed(0), attacker.radii, rivals=[1])
-    assert rows == 2 * (3 + 1) * (5 + 1)  # radii x (restarts + one targeted pass) x (steps + the final pass)
+    # radii x (restarts + one against all rivals + one targeted pass) x (steps + the final pass)
+    assert rows == 2 * (3 + 1 + 1) * (5 + 1)
     for p, radius in zip(points, (0.5, 3.0)):
         assert float(p.min()) >= 0.0 and float(p.max()) <= 1.0
         assert attacker.checked_norm(xt, p, radius) <= radius

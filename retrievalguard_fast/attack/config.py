@@ -19,8 +19,9 @@ class AttackConfig:
     models: Tuple[str, ...] = MODELS
     steps: int = 20
     eot: int = 32  # noise draws per PGD step (expectation over transformation)
-    restarts: int = 2  # candidates per radius against all rival classes (the clean point, then random starts)
+    restarts: int = 2  # candidates per radius ascending the margin (the clean point, then random starts)
     targets: int = 2  # targeted passes per radius, one against each of the nearest rival labels
+    # (and, always, one candidate per radius against all rival classes)
     step_size: float = 2.5  # PGD step = step_size * radius / steps (Madry et al.'s 2.5 eps / steps)
     temperature: float = 0.05  # of the vote surrogate's softmax over -|e - g|^2
     clip: Tuple[float, float] = (0.0, 1.0)

@@ -5,9 +5,10 @@ Two kinds per attacked model (docs/attack.md, "PGD"):
 - the *selection margin*, positive exactly when the attacked model retrieves another label (or,
   for a Recall@K claim, when no row of the reference is among the K nearest); it picks the best
   candidate of each radius and is the objective of Recall@K claims;
-- the *objective* PGD ascends: a loss over all rival classes (untargeted) or against one rival
-  class (a targeted pass), chosen per candidate by ``targets`` (-1: untargeted). A margin takes
-  its gradient from two gallery rows only; the objectives take it from every class.
+- the *objective* PGD ascends, chosen per candidate by ``targets``: the selection margin itself
+  (MARGIN), a loss over all rival classes (UNTARGETED) or against one rival class (a targeted
+  pass, the class's label). A margin takes its gradient from two gallery rows only; the other
+  objectives take it from every class, and each finds breaks the others miss.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import math
 import torch
 
 UNTARGETED = -1  # a candidate's target when it is attacked against all rival classes
+MARGIN = -2  # a candidate's target when it ascends the selection margin itself
 
 
 def _gallery_sq_distances(e: torch.Tensor, gallery, exclude: int) -> torch.Tensor:
@@ -52,7 +54,7 @@ def _class_log_scores(e: torch.Tensor, gallery, exclude: int, temperature: float
 
 def _against(log_scores: torch.Tensor, reference: int, targets: torch.Tensor) -> torch.Tensor:
     """Per row b: ``log sum_{c != ref} exp(s_c) - s_ref`` if ``targets[b]`` is UNTARGETED, else
-    ``s_target - s_ref``. log_scores (B, C), targets (B,)."""
+    ``s_target - s_ref`` (the value for a MARGIN row is unused). log_scores (B, C), targets (B,)."""
     others = log_scores.clone()
     others[:, reference] = -math.inf
     # clamp: with no rival class at all the loss is flat (gradient 0), not NaN
@@ -88,7 +90,8 @@ def embedding_losses(e: torch.Tensor, gallery, reference: int, exclude: int, tem
     margin = margin_loss(e, gallery, reference, exclude, k)
     if k > 1:
         return margin, margin
-    return _against(_class_log_scores(e, gallery, exclude, temperature), reference, targets), margin
+    objective = _against(_class_log_scores(e, gallery, exclude, temperature), reference, targets)
+    return torch.where(targets == MARGIN, margin, objective), margin
 
 
 def vote_log_probabilities(e: torch.Tensor, gallery, exclude: int, temperature: float) -> torch.Tensor:
@@ -118,6 +121,7 @@ def vote_surrogate_loss(e: torch.Tensor, gallery, reference: int, exclude: int, 
 
 def vote_losses(e: torch.Tensor, gallery, reference: int, exclude: int, temperature: float, targets: torch.Tensor):
     """(objective, selection margin) for the vote model: ``log P(rivals) - log P(ref)`` (all
-    rivals, or the target) and ``log max_{c != ref} P(c) - log P(ref)``."""
+    rivals, or the target; MARGIN: the margin) and the margin ``log max_{c != ref} P(c) - log P(ref)``."""
     log_p = vote_log_probabilities(e, gallery, exclude, temperature)
-    return _against(log_p, reference, targets), _max_rival(log_p, reference)
+    margin = _max_rival(log_p, reference)
+    return torch.where(targets == MARGIN, margin, _against(log_p, reference, targets)), margin

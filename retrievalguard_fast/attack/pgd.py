@@ -11,17 +11,17 @@ at each certified radius (:mod:`.claims`):
   over the draws into ``P(c)``;
 - ``base``: the base model's 1-NN label of ``f̄(x)`` without noise.
 
-Losses (:mod:`.losses`). Each candidate ascends an objective with a gradient from every class:
-the class scores ``s_c = -min_{y_j = c} |e - g_j|^2 / T`` (``e``: ``F`` or ``f̄(x)``; for the
-vote ``s_c = log P(c)``) against all rival classes, ``log sum_{c != ref} exp(s_c) - s_ref``, or,
-in a targeted pass, against one rival, ``s_c - s_ref``. The best candidate per radius is chosen
-by the selection margin, positive exactly when the model's label changes: ``min_p |e - g_p|^2 -
-min_b |e - g_b|^2`` (p: rows of the reference label, b: of any other; a Recall@k claim: the k-th
-smallest ``|e - g_b|^2``, also its objective) and, for the vote, ``log max_{c != ref} P(c) - log P(ref)``.
+Losses (:mod:`.losses`). The selection margin is positive exactly when the model's label
+changes: ``min_p |e - g_p|^2 - min_b |e - g_b|^2`` (``e``: ``F`` or ``f̄(x)``; p: rows of the
+reference label, b: of any other; a Recall@k claim: the k-th smallest ``|e - g_b|^2``) and, for
+the vote, ``log max_{c != ref} P(c) - log P(ref)``; it picks the best candidate of a radius. The
+objectives with a gradient from every class use the class scores ``s_c = -min_{y_j = c} |e - g_j|^2
+/ T`` (for the vote ``s_c = log P(c)``): against all rival classes, ``log sum_{c != ref}
+exp(s_c) - s_ref``, or, in a targeted pass, against one rival, ``s_c - s_ref``.
 
-PGD: per radius ``restarts`` candidates against all rivals (the first from the clean point, the
-others uniform in the ball) and ``targets`` targeted passes from the clean point against the
-rival labels nearest to the clean point (ranked at ``F̂`` of the clean re-estimate, or at
+PGD: per radius ``restarts`` candidates ascending the margin (the first from the clean point, the
+others uniform in the ball), then from the clean point one against all rival classes and
+``targets`` targeted passes against the rival labels nearest to the clean point (ranked at ``F̂`` of the clean re-estimate, or at
 ``f̄(x)`` for the base model); ``steps`` steps of size ``step_size * radius / steps`` along the
 normalised gradient, each followed by the projection on the l2 ball and the clip to the pixel
 bounds (the clip never lengthens a perturbation of a point inside the bounds: each coordinate
@@ -68,7 +68,7 @@ from ..smoothing.sampler import smoothed_evidence
 from .breaks import SCREEN_LEVEL, nearest_label, soft_break_margin, soft_deviation, vote_break_test
 from .claims import certified_claims
 from .config import MODELS, AttackConfig
-from .losses import UNTARGETED, embedding_losses, nearest_rivals, vote_losses
+from .losses import MARGIN, UNTARGETED, embedding_losses, nearest_rivals, vote_losses
 
 _PROJECTION_SHRINK = 1.0 - 1e-5  # project into a slightly smaller ball, so float32 rounding stays inside
 
@@ -151,11 +151,12 @@ class Attacker:
             radii: Sequence[float], rivals: Sequence[int] = (), k: int = 1) -> Tuple[torch.Tensor, int]:
         """The attacked points (one per radius) and the number of model rows evaluated.
 
-        Candidates per radius: ``restarts`` against all rival classes (the first from the clean
-        point, the others uniform in the ball), then one targeted pass from the clean point
-        against each of ``rivals``; the best by the selection margin under fresh attack noise.
-        ``k > 1``: a Recall@k claim, attacked through its margin (it has no targeted form)."""
-        per_radius = [UNTARGETED] * self.c.restarts + ([int(c) for c in rivals] if k == 1 else [])
+        Candidates per radius: ``restarts`` ascending the selection margin (the first from the
+        clean point, the others uniform in the ball), then, from the clean point, one against all
+        rival classes and one targeted pass against each of ``rivals``; the best by the selection
+        margin under fresh attack noise. ``k > 1``: a Recall@k claim, attacked through its margin
+        alone (it has no per-class form)."""
+        per_radius = [MARGIN] * self.c.restarts + ([UNTARGETED] + [int(c) for c in rivals] if k == 1 else [])
         m = len(per_radius)
         eps = torch.tensor([r for r in radii for _ in range(m)], dtype=torch.float32, device=self.device)
         targets = torch.tensor(per_radius * len(radii), dtype=torch.int64, device=self.device)

@@ -22,8 +22,10 @@ def budget_text(p: dict) -> str:
     """The attack's budget as run: the base model draws no noise."""
     draws = f" x {p['eot']} noise draws" if any(m != "base" for m in p["models"]) else ""
     base = " (base: no noise)" if draws and "base" in p["models"] else ""
-    return (f"PGD {p['steps']} steps{draws}{base}, {p['restarts']} restarts + {p.get('targets', 0)} targeted passes "
-            "per radius")
+    starts = f"{p['restarts']} restarts"
+    if "targets" in p:  # record format 2 on: the class-wide candidates
+        starts += f" + 1 against all rival classes + {p['targets']} targeted"
+    return f"PGD {p['steps']} steps{draws}{base}, {starts} per radius"
 
 
 def csv_rows(summary: dict) -> Iterator[List]:

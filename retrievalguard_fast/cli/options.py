@@ -169,8 +169,8 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_positive_int, default=20, help="PGD steps per restart (default 20)")
     p.add_argument("--eot", type=_positive_int, default=32, help="noise draws averaged per PGD step (default 32)")
     p.add_argument("--restarts", type=_positive_int, default=2,
-                   help="PGD candidates per radius against all rival classes: the clean point, then random points "
-                        "in the ball (default 2)")
+                   help="PGD candidates per radius ascending the margin: the clean point, then random points in "
+                        "the ball (default 2); one more from the clean point against all rival classes")
     p.add_argument("--targets", type=_count, default=2,
                    help="targeted PGD passes per radius, one against each of the rival labels nearest to the clean "
                         "point (default 2; 0: none)")
