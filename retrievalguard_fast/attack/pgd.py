@@ -21,8 +21,8 @@ exp(s_c) - s_ref``, or, in a targeted pass, against one rival, ``s_c - s_ref``.
 
 PGD: per radius ``restarts`` candidates ascending the margin (the first from the clean point, the
 others uniform in the ball), then from the clean point one against all rival classes and
-``targets`` targeted passes against the rival labels nearest to the clean point (ranked at ``F̂`` of the clean re-estimate, or at
-``f̄(x)`` for the base model); ``steps`` steps of size ``step_size * radius / steps`` along the
+``targets`` targeted passes against the rival labels nearest to the clean point (ranked at
+``F̂`` of the clean re-estimate, or at ``f̄(x)`` for the base model); ``steps`` steps of size ``step_size * radius / steps`` along the
 normalised gradient, each followed by the projection on the l2 ball and the clip to the pixel
 bounds (the clip never lengthens a perturbation of a point inside the bounds: each coordinate
 moves towards the clean one). The best candidate (by the selection margin under fresh attack
@@ -109,7 +109,8 @@ class Attacker:
     def _loss(self, model: str, x_adv: torch.Tensor, gen: torch.Generator, reference: int, exclude: int,
               targets: torch.Tensor, k: int):
         """(objective, selection margin) per candidate of ``x_adv`` (B, *shape), differentiable;
-        noise from ``gen``; ``targets`` (B,): each candidate's rival (UNTARGETED: all)."""
+        noise from ``gen``; ``targets`` (B,): each candidate's objective (a rival label, UNTARGETED:
+        all rivals, MARGIN: the selection margin)."""
         b, shape = x_adv.shape[0], tuple(x_adv.shape[1:])
         temperature = self.c.temperature
         if model == "base":
