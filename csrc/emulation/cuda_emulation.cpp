@@ -5,7 +5,6 @@
 #undef warpSize  // the device built-in; the runtime means the cudaDeviceProp field
 
 #include <sys/mman.h>
-#include <ucontext.h>
 
 #include <algorithm>
 #include <chrono>
@@ -124,6 +123,9 @@ struct Block {
   int live = 0;     // not exited
   int running = 0;  // neither exited nor waiting
   std::vector<EThread> t;
+  int at_barrier = 0;                // threads waiting at __syncthreads
+  std::vector<unsigned> warp_live;   // per warp: lanes not exited
+  std::vector<unsigned> warp_wait;   // per warp: lanes waiting at a warp operation
   std::string fault;  // the first broken rule, empty if none
   uint64_t serial = 0;
   std::mutex mutex;
@@ -150,26 +152,41 @@ struct Block {
         ++running;
       }
     }
+    at_barrier = 0;
+    std::fill(warp_wait.begin(), warp_wait.end(), 0u);
   }
 
-  unsigned live_lanes(int warp) const {
-    unsigned m = 0;
-    for (int l = 0; l < 32; ++l) {
-      const int tid = 32 * warp + l;
-      if (tid < n && t[tid].status != kExited) m |= 1u << l;
-    }
-    return m;
+  void reset(int threads) {
+    n = threads;
+    t.assign(n, EThread{});
+    live = running = n;
+    at_barrier = 0;
+    const int warps = (n + 31) / 32;
+    warp_live.assign(warps, 0u);
+    warp_wait.assign(warps, 0u);
+    for (int i = 0; i < n; ++i) warp_live[i / 32] |= 1u << (i % 32);
+    fault.clear();
   }
+
+  // Thread `tid` has recorded a wait (or exited): update the counts, then release what can go on.
+  bool changed(int tid) {
+    EThread& th = t[tid];
+    if (th.status == kAtBarrier) ++at_barrier;
+    if (th.status == kAtWarp) warp_wait[tid / 32] |= 1u << (tid % 32);
+    if (th.status == kExited) warp_live[tid / 32] &= ~(1u << (tid % 32));
+    return progress(tid / 32);
+  }
+
 
   // Releases every barrier and warp operation that can complete; reports broken rules and
   // deadlocks. Returns whether any thread was released.
-  bool progress() {
+  // Only warp `w` (that of the thread that changed) can have become ready.
+  bool progress(int w) {
     bool released = false;
     if (!fault.empty()) return false;
     // __syncthreads: every live thread waits there.
     if (live > 0) {
-      int at = 0;
-      for (const auto& th : t) at += th.status == kAtBarrier;
+      const int at = at_barrier;
       if (at == live) {
         const EThread* first = nullptr;
         for (const auto& th : t)
@@ -184,21 +201,19 @@ struct Block {
         for (auto& th : t)
           if (th.status == kAtBarrier) th.status = kRunning;
         running += at;
+        at_barrier = 0;
         released = true;
       }
     }
     // Warp operations: each completes when every live lane of its mask has reached it.
-    for (int w = 0; 32 * w < n; ++w) {
-      const unsigned live_mask = live_lanes(w);
+    if (w >= 0) {
+      const unsigned live_mask = warp_live[w];
       for (int l = 0; l < 32; ++l) {
         const int tid = 32 * w + l;
-        if (tid >= n || t[tid].status != kAtWarp) continue;
+        if (!(warp_wait[w] >> l & 1u)) continue;
         const EThread& me = t[tid];
         const unsigned need = me.mask & live_mask;
-        bool ready = true;
-        for (int k = 0; k < 32 && ready; ++k)
-          if ((need >> k & 1u) && t[32 * w + k].status != kAtWarp) ready = false;
-        if (!ready) continue;
+        if (need & ~warp_wait[w]) continue;  // a lane of the mask has not arrived yet
         for (int k = 0; k < 32; ++k) {
           if (!(need >> k & 1u)) continue;
           const EThread& o = t[32 * w + k];
@@ -245,6 +260,7 @@ struct Block {
           o.status = kRunning;
           ++running;
         }
+        warp_wait[w] &= ~need;
         released = true;
       }
     }
@@ -275,9 +291,36 @@ Block* g_block = nullptr;           // the block being run (one at a time)
 thread_local int t_tid = -1;        // the emulated thread this OS thread (or fiber) is running
 
 // ------------------------------------------------------------------ fibers
+// A hand-written x86-64 context switch (callee-saved registers, MXCSR and the x87 control word),
+// about 50 times faster than swapcontext, which makes a system call per switch.
+#if !defined(__x86_64__)
+#error "the CUDA emulation's fibers are written for x86-64"
+#endif
+extern "C" void rgf_emu_switch(void** save_sp, void* new_sp);
+__asm__(
+    ".text\n"
+    ".globl rgf_emu_switch\n"
+    ".hidden rgf_emu_switch\n"
+    ".type rgf_emu_switch,@function\n"
+    "rgf_emu_switch:\n"
+    "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n  pushq %r14\n  pushq %r15\n"
+    "  subq $16, %rsp\n  stmxcsr 8(%rsp)\n  fnstcw (%rsp)\n"
+    "  movq %rsp, (%rdi)\n  movq %rsi, %rsp\n"
+    "  ldmxcsr 8(%rsp)\n  fldcw (%rsp)\n  addq $16, %rsp\n"
+    "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n  popq %rbx\n  popq %rbp\n"
+    "  ret\n"
+    ".size rgf_emu_switch, .-rgf_emu_switch\n");
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define RGF_EMU_ASAN 1
+#endif
+
 struct FiberRunner {
-  ucontext_t scheduler;
-  std::vector<ucontext_t> ctx;
+  void* scheduler_sp = nullptr;
+  const void* scheduler_bottom = nullptr;
+  size_t scheduler_size = 0;
+  std::vector<void*> sp;
   std::vector<void*> stacks;
   std::vector<char> done;
 
@@ -286,8 +329,29 @@ struct FiberRunner {
       if (s) munmap(s, kFiberStack);
   }
 
-  static void entry() {
+  static FiberRunner* instance() {
+    static FiberRunner r;
+    return &r;
+  }
+
+  // Switches from the current context (saved in *save) to `to`, whose stack is [bottom, bottom + size).
+  static void jump(void** save, void* to, const void* bottom, size_t size, bool dying) {
+#if RGF_EMU_ASAN
+    void* fake = nullptr;
+    __sanitizer_start_switch_fiber(dying ? nullptr : &fake, bottom, size);
+    rgf_emu_switch(save, to);
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#else
+    (void)bottom, (void)size, (void)dying;
+    rgf_emu_switch(save, to);
+#endif
+  }
+
+  [[noreturn]] static void entry() {
     FiberRunner& r = *instance();
+#if RGF_EMU_ASAN
+    __sanitizer_finish_switch_fiber(nullptr, &r.scheduler_bottom, &r.scheduler_size);
+#endif
     Block& b = *g_block;
     const int tid = t_tid;
     try {
@@ -297,37 +361,48 @@ struct FiberRunner {
     b.t[tid].status = kExited;
     --b.live;
     --b.running;
-    b.progress();
+    b.changed(tid);
     r.done[tid] = 1;
-    // returns to uc_link (the scheduler)
+    void* dead = nullptr;
+    jump(&dead, r.scheduler_sp, r.scheduler_bottom, r.scheduler_size, true);
+    __builtin_unreachable();
   }
 
-  static FiberRunner* instance() {
-    static FiberRunner r;
-    return &r;
+  void start(int tid) {
+    // Initial frame, as rgf_emu_switch leaves one: control words, six registers, then the
+    // "return address" entry(), entered with rsp = 8 mod 16 as after a call.
+    auto* top = reinterpret_cast<uint64_t*>(static_cast<char*>(stacks[tid]) + kFiberStack);
+    uint64_t* p = top - 1;
+    *p = 0;                                              // entry()'s own return address: none
+    *--p = reinterpret_cast<uint64_t>(&FiberRunner::entry);
+    for (int i = 0; i < 6; ++i) *--p = 0;                // rbp rbx r12 r13 r14 r15
+    p -= 2;
+    uint32_t mxcsr;
+    uint16_t fpcw;
+    __asm__ volatile("stmxcsr %0" : "=m"(mxcsr));
+    __asm__ volatile("fnstcw %0" : "=m"(fpcw));
+    std::memcpy(reinterpret_cast<char*>(p) + 8, &mxcsr, 4);
+    std::memcpy(p, &fpcw, 2);
+    sp[tid] = p;
   }
 
   void run(Block& b, std::mt19937_64* order_rng) {
     const int n = b.n;
-    if (static_cast<int>(ctx.size()) < n) {
-      ctx.resize(n);
+    if (static_cast<int>(sp.size()) < n) {
+      sp.resize(n);
       stacks.resize(n, nullptr);
     }
     done.assign(n, 0);
     for (int i = 0; i < n; ++i) {
       if (!stacks[i]) {
-        stacks[i] = mmap(nullptr, kFiberStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (stacks[i] == MAP_FAILED) {
-          stacks[i] = nullptr;
+        void* m = mmap(nullptr, kFiberStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (m == MAP_FAILED) {
           std::fprintf(stderr, "cuda emulation: cannot map a fiber stack\n");
           std::abort();
         }
+        stacks[i] = m;
       }
-      getcontext(&ctx[i]);
-      ctx[i].uc_stack.ss_sp = stacks[i];
-      ctx[i].uc_stack.ss_size = kFiberStack;
-      ctx[i].uc_link = &scheduler;
-      makecontext(&ctx[i], &FiberRunner::entry, 0);
+      start(i);
     }
     std::vector<int> order(n);
     for (int i = 0; i < n; ++i) order[i] = i;
@@ -349,12 +424,12 @@ struct FiberRunner {
   void resume(Block& b, int tid) {
     t_tid = tid;
     current.thread = b.thread_index(tid);
-    swapcontext(&scheduler, &ctx[tid]);
+    jump(&scheduler_sp, sp[tid], stacks[tid], kFiberStack, false);
   }
 
   // Called by a fiber that waits: back to the scheduler until released.
   void wait(Block& b, int tid) {
-    while (b.t[tid].status != kRunning) swapcontext(&ctx[tid], &scheduler);
+    while (b.t[tid].status != kRunning) jump(&sp[tid], scheduler_sp, scheduler_bottom, scheduler_size, false);
   }
 };
 
@@ -376,7 +451,7 @@ void run_threads(Block& b) {
       b.t[i].status = kExited;
       --b.live;
       --b.running;
-      if (b.progress()) b.cv.notify_all();
+      if (b.changed(i)) b.cv.notify_all();
     });
   for (auto& th : threads) th.join();
 }
@@ -390,22 +465,20 @@ void arrive(Record record) {
     std::unique_lock<std::mutex> lock(b.mutex);
     record(b, b.t[tid]);
     if (b.t[tid].status != kRunning) --b.running;
-    if (b.progress()) b.cv.notify_all();
+    if (b.changed(tid)) b.cv.notify_all();
     b.cv.wait(lock, [&] { return b.t[tid].status == kRunning; });
     if (b.t[tid].abort) throw KernelAbort{};
     return;
   }
   record(b, b.t[tid]);
   if (b.t[tid].status != kRunning) --b.running;
-  b.progress();
+  b.changed(tid);
   FiberRunner::instance()->wait(b, tid);
   if (b.t[tid].abort) throw KernelAbort{};
 }
 
 void run_block(Block& b, std::mt19937_64* thread_rng) {
-  b.t.assign(b.n, EThread{});
-  b.live = b.running = b.n;
-  b.fault.clear();
+  b.reset(b.n);
   g_block = &b;
   current.block = uint3{b.index.x, b.index.y, b.index.z};
   current.block_dim = b.dim;
@@ -849,6 +922,9 @@ cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int v
 extern "C" {
 void rgf_emu_configure(int mode, uint64_t block_seed, uint64_t thread_seed, int sm_count) {
   std::lock_guard<std::mutex> lock(g_mutex);
+#if defined(__SANITIZE_THREAD__)
+  mode = 1;  // ThreadSanitizer cannot follow fibers: OS threads only
+#endif
   g_options.mode = mode;
   g_options.block_seed = block_seed;
   g_options.thread_seed = thread_seed;
