@@ -1,0 +1,55 @@
+"""Fixtures of the CUDA emulation tests (marker ``cuda_emulation``): the emulated ``_cuda``
+module of each build variant (build.py; built once, cached on disk), and a check after every
+test that the emulator reported no fault it was not asked for."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # build, emulated, cases
+
+import build  # noqa: E402
+import emulated  # noqa: E402
+
+
+def _require_compiler():
+    if build.compiler() is None:
+        pytest.skip("the CUDA emulation needs g++ (none found)")
+
+
+def _variant(name):
+    _require_compiler()
+    return emulated.load(name)
+
+
+@pytest.fixture(scope="session")
+def emulation_fibers():
+    return _variant("fibers")
+
+
+@pytest.fixture(scope="session")
+def emulation_contract():
+    return _variant("contract")
+
+
+def _checked(emulation):
+    emulation.reset()
+    emulation.configure()
+    yield emulation
+    report = emulation.report()
+    emulation.reset()
+    emulation.configure()
+    assert report == "", f"the CUDA emulation reported faults:\n{report}"
+
+
+@pytest.fixture
+def emu(emulation_fibers):
+    """The fibers build, reset before the test; the test fails if a fault was reported."""
+    yield from _checked(emulation_fibers)
+
+
+@pytest.fixture
+def emu_contract(emulation_contract):
+    """The contraction build (a*b+c contracted as nvcc does), checked like ``emu``."""
+    yield from _checked(emulation_contract)
