@@ -267,17 +267,24 @@ struct Block {
     if (!released && running == 0 && live > 0) {
       std::ostringstream msg;
       msg << "deadlock: every live thread waits and none can go on:";
-      int shown = 0;
-      for (int i = 0; i < n && shown < 6; ++i) {
+      // One line per place where threads wait: how many, the first few, and where.
+      std::map<std::string, std::vector<int>> places;
+      for (int i = 0; i < n; ++i) {
         const EThread& th = t[i];
+        std::ostringstream p;
         if (th.status == kAtBarrier) {
-          msg << " thread " << i << " at __syncthreads() " << site(th.file, th.line) << ";";
-          ++shown;
+          p << "__syncthreads() at " << site(th.file, th.line);
         } else if (th.status == kAtWarp) {
-          msg << " thread " << i << " at " << op_name(th.op) << "(mask 0x" << std::hex << th.mask << std::dec << ") "
-              << site(th.file, th.line) << ";";
-          ++shown;
+          p << op_name(th.op) << "(mask 0x" << std::hex << th.mask << std::dec << ") at " << site(th.file, th.line);
+        } else {
+          continue;
         }
+        places[p.str()].push_back(i);
+      }
+      for (const auto& [where, ids] : places) {
+        msg << " " << ids.size() << " thread(s) (" << ids.front();
+        for (size_t k = 1; k < ids.size() && k < 4; ++k) msg << ", " << ids[k];
+        msg << (ids.size() > 4 ? ", ..." : "") << ") wait at " << where << ";";
       }
       msg << " (" << live << " live threads; exited threads drop out of barriers)";
       set_fault(msg.str());
@@ -451,7 +458,7 @@ void run_threads(Block& b) {
       b.t[i].status = kExited;
       --b.live;
       --b.running;
-      if (b.changed(i)) b.cv.notify_all();
+      if (b.changed(i) || !b.fault.empty()) b.cv.notify_all();
     });
   for (auto& th : threads) th.join();
 }
@@ -463,13 +470,15 @@ void arrive(Record record) {
   const int tid = t_tid;
   if (g_options.mode == 1) {
     std::unique_lock<std::mutex> lock(b.mutex);
+    if (b.t[tid].abort) throw KernelAbort{};  // the block has faulted: unwind at the next sync point
     record(b, b.t[tid]);
     if (b.t[tid].status != kRunning) --b.running;
-    if (b.changed(tid)) b.cv.notify_all();
+    if (b.changed(tid) || !b.fault.empty()) b.cv.notify_all();
     b.cv.wait(lock, [&] { return b.t[tid].status == kRunning; });
     if (b.t[tid].abort) throw KernelAbort{};
     return;
   }
+  if (b.t[tid].abort) throw KernelAbort{};
   record(b, b.t[tid]);
   if (b.t[tid].status != kRunning) --b.running;
   b.changed(tid);
@@ -537,6 +546,7 @@ void shared_region(void* address, size_t bytes, const char* name) {
   Block& b = *g_block;
   std::unique_lock<std::mutex> lock(b.mutex, std::defer_lock);
   if (g_options.mode == 1) lock.lock();
+  if (b.t[t_tid].abort) throw KernelAbort{};
   if (g_launch_shared_seen.insert(address).second) {
     g_launch_static_shared += bytes;
     if (g_launch_static_shared > kStaticSharedLimit) {

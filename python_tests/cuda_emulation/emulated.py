@@ -69,7 +69,7 @@ class Emulation:
             elif isinstance(a, float):
                 conv.append(ctypes.c_double(a))
             else:
-                conv.append(ctypes.c_int64(a) if abs(a) >= 2**31 else ctypes.c_int(a))
+                conv.append(ctypes.c_int64(a))  # a full register: right for int, int64_t and size_t parameters
         return int(fn(*conv))
 
 

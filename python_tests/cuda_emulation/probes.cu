@@ -27,15 +27,17 @@ __global__ void divergent_barrier_kernel(int* out) {
 
 // Threads that exit drop out of later barriers (sm_70+): legal.
 __global__ void exited_threads_kernel(int* out) {
+  __shared__ int s[64];
   if (threadIdx.x >= 40) return;
-  out[threadIdx.x] = threadIdx.x;
+  s[threadIdx.x] = threadIdx.x;
   __syncthreads();
-  out[threadIdx.x] = out[(threadIdx.x + 1) % 40];
+  out[threadIdx.x] = s[(threadIdx.x + 1) % 40];
 }
 
-// Half the block waits at __syncthreads, the other half at a warp shuffle: a deadlock.
+// Half a warp waits at __syncthreads, the other half at a full-warp shuffle: a deadlock (each
+// half waits for the other).
 __global__ void barrier_vs_shuffle_kernel(int* out) {
-  if (threadIdx.x < 32) {
+  if (threadIdx.x < 16) {
     __syncthreads();
   } else {
     out[threadIdx.x] = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x), 0);
@@ -61,10 +63,10 @@ __global__ void mask_excludes_caller_kernel(int* out) {
   out[threadIdx.x] = __shfl_sync(0x1u, static_cast<int>(threadIdx.x), 0);
 }
 
-// Lanes 0-15 shuffle with mask 0xffff at one site, lanes 16-31 with the full mask at another.
+// The lanes of one full mask reach two different __shfl_sync call sites.
 __global__ void divergent_shuffle_kernel(int* out) {
   if (threadIdx.x < 16) {
-    out[threadIdx.x] = __shfl_sync(0xffffu, static_cast<int>(threadIdx.x), 0);
+    out[threadIdx.x] = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x), 0);
   } else {
     out[threadIdx.x] = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x), 0);
   }
@@ -149,7 +151,7 @@ PROBE int probe_exited_threads(int* out) {
   return cudaGetLastError();
 }
 PROBE int probe_barrier_vs_shuffle(int* out) {
-  barrier_vs_shuffle_kernel<<<1, 64>>>(out);
+  barrier_vs_shuffle_kernel<<<1, 32>>>(out);
   return cudaGetLastError();
 }
 PROBE int probe_shuffle_values(int* out) {
