@@ -319,6 +319,7 @@ __asm__(
     ".size rgf_emu_switch, .-rgf_emu_switch\n");
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define RGF_EMU_ASAN 1
 #endif
@@ -379,6 +380,10 @@ struct FiberRunner {
     // Initial frame, as rgf_emu_switch leaves one: control words, six registers, then the
     // "return address" entry(), entered with rsp = 8 mod 16 as after a call.
     auto* top = reinterpret_cast<uint64_t*>(static_cast<char*>(stacks[tid]) + kFiberStack);
+#if RGF_EMU_ASAN
+    // entry() never returns (it switches away), so its frame's redzones stay poisoned: clear them.
+    ASAN_UNPOISON_MEMORY_REGION(reinterpret_cast<char*>(top) - 16384, 16384);
+#endif
     uint64_t* p = top - 1;
     *p = 0;                                              // entry()'s own return address: none
     *--p = reinterpret_cast<uint64_t>(&FiberRunner::entry);

@@ -63,6 +63,20 @@ def problem(seed, rows, gallery_rows, dim, ties=False, scale=1.0):
     return q, g
 
 
+def order_sensitive_rows(rows, dim, seed=0):
+    """Rows whose float64 sum of squares rounds to a different float32 norm when added in any
+    order other than index order: (1, 2^-12, 2^-27, ..., 2^-27) sums to exactly 1 + 2^-24 (a
+    float32 tie, rounded down to 1) in index order, where each 2^-54 is lost against the 1, but
+    to 1 + 2^-24 + (dim - 2) 2^-54 (rounded up) when the small squares come first. Scaled by
+    powers of two and permuted per row's tail, so the rows differ."""
+    rng = np.random.default_rng(seed)
+    base = np.full(dim, 2.0**-27)
+    base[0], base[1] = 1.0, 2.0**-12
+    scale = 2.0 ** rng.integers(-3, 4, rows)
+    signs = rng.choice([-1.0, 1.0], (rows, dim))
+    return (base[None, :] * scale[:, None] * signs).astype(np.float32)
+
+
 def nn_search(emu, q, g, exclude=None) -> None:
     cpu = rgf.nn_search(q, g, exclude=exclude)
     ex = torch.from_numpy(exclude) if isinstance(exclude, np.ndarray) else exclude

@@ -181,7 +181,8 @@ def test_rounding_intrinsics(emu):
     expected_ll[3] = 2**63 - 1  # clamped, as PTX cvt does
     np.testing.assert_array_equal(o64[0], expected_ll)
     np.testing.assert_array_equal(o64[1], (x * x + 1.0).view(np.int64))
-    np.testing.assert_array_equal(o16[0], a.astype(np.float16).view(np.uint16))
+    with np.errstate(over="ignore"):  # 70000 -> inf, as __float2half_rn gives
+        np.testing.assert_array_equal(o16[0], a.astype(np.float16).view(np.uint16))
     import torch
     np.testing.assert_array_equal(o16[1], torch.from_numpy(a).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16))
 

@@ -77,6 +77,21 @@ def test_nn_search_no_rows_and_one_gallery_row(emu):
     cases.nn_search(emu, q, g, exclude=0)  # no neighbour at all
 
 
+@pytest.mark.parametrize("dim", [10, 40])
+def test_norms_are_summed_in_index_order(emu, dim):
+    """Rows whose float32 norm depends on the order of the float64 sum of squares
+    (cases.order_sensitive_rows): the warp sum must add in index order, as the CPU does."""
+    from retrievalguard_fast.kernels.backend import _core  # noqa: F401  (CPU reference below)
+
+    g = cases.order_sensitive_rows(30, dim)
+    assert (np.float32((g[0].astype(np.float64) ** 2).sum()) != np.float32(
+        (g[0].astype(np.float64) ** 2)[::-1].sum()))  # the order really matters for these rows
+    q, _ = cases.problem(dim, 20, 1, dim)
+    cases.nn_search(emu, q, g)
+    cases.nn_search(emu, g, g)
+    cases.nn_vote(emu, g, g, np.arange(30) % 4, 4, normalize=True)
+
+
 def test_nn_search_large_and_tiny_values(emu):
     q, g = cases.problem(11, 20, 33, 9, scale=1e17)
     cases.nn_search(emu, q, g)
