@@ -1,6 +1,6 @@
 // The runtime of the CUDA emulation (cuda_emulation.h): the scheduler that runs a launch's
 // blocks and threads (fibers or OS threads), the synchronisation rules, and the host runtime API
-// on host memory. Test-only (python_tests/cuda_emulation/build.py).
+// on host memory. Test-only (python_tests/cuda_emulation/emulation_build.py).
 #include "emulation/cuda_emulation.h"
 #undef warpSize  // the device built-in; the runtime means the cudaDeviceProp field
 

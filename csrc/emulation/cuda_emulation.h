@@ -1,6 +1,6 @@
 // A CPU emulation of the CUDA execution model, for running this package's CUDA sources
 // (csrc/cuda/*.cu, csrc/bind_cuda.cpp) unchanged as C++ on a machine without a GPU. Test-only:
-// built by python_tests/cuda_emulation/build.py, never installed (docs/design.md, "Verifying
+// built by python_tests/cuda_emulation/emulation_build.py, never installed (docs/design.md, "Verifying
 // without a GPU", says what it proves and what it cannot).
 //
 // The model, and the CUDA rules it enforces:
@@ -50,7 +50,7 @@
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 // Function-local statics: one copy per kernel, and blocks run one at a time, so one copy per
-// block. The launch rewrite (build.py) adds RGF_EMU_SHARED_REGION(name) after each declaration,
+// block. The launch rewrite (emulation_build.py) adds RGF_EMU_SHARED_REGION(name) after each declaration,
 // which fills the variable with garbage the first time a thread of a new block reaches it.
 #define __shared__ static
 #define __constant__ static

@@ -1,4 +1,5 @@
-"""Loading an emulated ``_cuda`` module (build.py) and driving the package's CUDA path with it.
+"""Loading an emulated ``_cuda`` module (emulation_build.py) and driving the package's CUDA path
+with it.
 
 :class:`Emulation` is one built variant: ``module`` is the emulated ``_cuda`` (the same
 functions as the real one, on host pointers), and the ctypes handle on the same shared object
@@ -22,7 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
-import build
+import emulation_build as build
 
 FIBERS, THREADS = 0, 1
 

@@ -15,7 +15,7 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 
 def command(variant, bug=None):
     """(argv, environment) of a sanitized run of this script."""
-    import build
+    import emulation_build as build
 
     env = dict(os.environ, LD_PRELOAD=build.sanitizer_runtime(variant), OMP_NUM_THREADS="1",
                ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:exitcode=23:detect_odr_violation=0",

@@ -7,6 +7,8 @@ import pytest
 
 from emulated import THREADS
 
+from emulation_fixtures import emu, emu_contract, emulation_contract, emulation_fibers  # noqa: F401  (fixtures)
+
 pytestmark = pytest.mark.cuda_emulation
 
 SUCCESS, INVALID_VALUE, INVALID_CONFIGURATION, INVALID_HANDLE, LAUNCH_FAILURE = 0, 1, 9, 400, 719

@@ -13,6 +13,8 @@ from emulated import THREADS, cuda_path
 
 import retrievalguard_fast as rgf
 
+from emulation_fixtures import emu, emu_contract, emulation_contract, emulation_fibers  # noqa: F401  (fixtures)
+
 pytestmark = pytest.mark.cuda_emulation
 
 

@@ -8,6 +8,8 @@ import emulated
 from planted_bugs import BUGS
 from test_emulation_variants import run_sanitized
 
+from emulation_fixtures import emu, emu_contract, emulation_contract, emulation_fibers  # noqa: F401  (fixtures)
+
 pytestmark = pytest.mark.cuda_emulation
 
 FIBER_BUGS = [name for name, bug in BUGS.items() if bug.caught_by == "fibers"]

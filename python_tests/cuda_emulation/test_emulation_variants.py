@@ -12,6 +12,8 @@ import torch
 import cases
 from sanitized_run import command
 
+from emulation_fixtures import emu, emu_contract, emulation_contract, emulation_fibers  # noqa: F401  (fixtures)
+
 pytestmark = pytest.mark.cuda_emulation
 
 

@@ -1,16 +1,13 @@
-"""Fixtures of the CUDA emulation tests (marker ``cuda_emulation``): the emulated ``_cuda``
-module of each build variant (build.py; built once, cached on disk), and a check after every
-test that the emulator reported no fault it was not asked for."""
-
-import os
-import sys
+"""Fixtures of the CUDA emulation tests (marker ``cuda_emulation``; each test module imports the
+ones it uses): the emulated ``_cuda`` module of each build variant (emulation_build.py; built
+once, cached on disk), and a check after every test that the emulator reported no fault it was
+not asked for. (Not a conftest.py: the test modules elsewhere import the top-level conftest by
+name, which a second conftest module on sys.path would shadow.)"""
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # build, emulated, cases
-
-import build  # noqa: E402
-import emulated  # noqa: E402
+import emulation_build as build
+import emulated
 
 
 def _require_compiler():

@@ -190,6 +190,6 @@ def sanitizer_runtime(variant: str) -> str:
     return out
 
 
-if __name__ == "__main__":  # python python_tests/cuda_emulation/build.py [variant ...]
+if __name__ == "__main__":  # python python_tests/cuda_emulation/emulation_build.py [variant ...]
     for v in sys.argv[1:] or list(VARIANTS):
         print(v, build(v))
