@@ -14,12 +14,16 @@ the emulated module. test_emulation_planted_bugs.py checks that each one is caug
 * ``reversed_float64_sum``: the warp's float64 sum of squares adds in reverse order -> norms,
   keys and distances differ in the last bits from the CPU's index-order sum.
 
+And the bug the emulation found in the package's Python CUDA path, put back for the
+AddressSanitizer build: ``philox_temporaries``, ``CudaBackend.philox4x32`` as it was before the
+fix, passing pointers of temporaries freed before the kernel runs (heap-use-after-free).
+
 Each edit keeps the line count, so reports point at the real file's lines.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, NamedTuple
+from typing import Callable, Dict, NamedTuple, Optional
 
 import numpy as np
 
@@ -32,6 +36,8 @@ class PlantedBug(NamedTuple):
     edits: Dict[str, Dict[str, str]]  # {source: {old text: new text}}
     caught_by: str                    # "fibers" (results differ), "asan" or "tsan" (a sanitizer report)
     exercise: Callable                # runs the comparisons that reveal it; returns how many
+    where: str = "nn_cuda.cu"         # the file a sanitizer report must point into
+    python_patch: Optional[Callable] = None  # installs a Python-side bug (the sanitized run calls it)
 
 
 def _search(emu) -> int:
@@ -59,6 +65,28 @@ def _norms(emu) -> int:
     return 1
 
 
+def _philox(emu) -> int:
+    cases.philox(emu, np.arange(40).reshape(10, 4), [7, 9])
+    return 1
+
+
+def _philox_before_the_fix() -> None:
+    import torch
+
+    from retrievalguard_fast.kernels import backend
+
+    def philox4x32(self, counters, keys):  # CudaBackend.philox4x32 before the fix, verbatim
+        def as_int32_bits(t):
+            return torch.where(t >= 2**31, t - 2**32, t).to(torch.int32).contiguous()
+
+        out = torch.empty((counters.shape[0], 4), dtype=torch.int32, device=counters.device)
+        backend._cuda.philox4x32(*self._place(out), as_int32_bits(counters).data_ptr(),
+                                 as_int32_bits(keys).data_ptr(), counters.shape[0], out.data_ptr())
+        return out.to(torch.int64) & 0xFFFFFFFF
+
+    backend.CudaBackend.philox4x32 = philox4x32
+
+
 BUGS: Dict[str, PlantedBug] = {
     "missing_syncthreads": PlantedBug(
         {NN: {"      __syncthreads();\n#pragma unroll\n      for (int kk = 0;":
@@ -82,4 +110,5 @@ BUGS: Dict[str, PlantedBug] = {
         {NN: {"for (int l = 0; l < count; ++l) acc += __shfl_sync(0xffffffffu, square, l);":
               "for (int l = count - 1; l >= 0; --l) acc += __shfl_sync(0xffffffffu, square, l);"}},
         "fibers", _norms),
+    "philox_temporaries": PlantedBug({}, "asan", _philox, "noise_cuda.cu", _philox_before_the_fix),
 }

@@ -34,6 +34,8 @@ def main(variant, bug=None):
 
     if bug:
         emu = emulated.load(variant, planted_bugs.BUGS[bug].edits, bug)
+        if planted_bugs.BUGS[bug].python_patch:
+            planted_bugs.BUGS[bug].python_patch()
     else:
         emu = emulated.load(variant)
     emu.configure(mode=emulated.THREADS if variant == "tsan" else emulated.FIBERS)

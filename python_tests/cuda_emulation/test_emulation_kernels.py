@@ -83,11 +83,11 @@ def test_nn_search_no_rows_and_one_gallery_row(emu):
 def test_norms_are_summed_in_index_order(emu, dim):
     """Rows whose float32 norm depends on the order of the float64 sum of squares
     (cases.order_sensitive_rows): the warp sum must add in index order, as the CPU does."""
-    from retrievalguard_fast.kernels.backend import _core  # noqa: F401  (CPU reference below)
-
     g = cases.order_sensitive_rows(30, dim)
-    assert (np.float32((g[0].astype(np.float64) ** 2).sum()) != np.float32(
-        (g[0].astype(np.float64) ** 2)[::-1].sum()))  # the order really matters for these rows
+    squares = g.astype(np.float64) ** 2  # sequential float64 sums (np.cumsum adds in order):
+    in_order = np.cumsum(squares, axis=1)[:, -1].astype(np.float32)
+    reversed_order = np.cumsum(squares[:, ::-1], axis=1)[:, -1].astype(np.float32)
+    assert (in_order != reversed_order).all()  # the order really matters for these rows
     q, _ = cases.problem(dim, 20, 1, dim)
     cases.nn_search(emu, q, g)
     cases.nn_search(emu, g, g)
