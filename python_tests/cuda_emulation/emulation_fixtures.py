@@ -4,6 +4,8 @@ once, cached on disk), and a check after every test that the emulator reported n
 not asked for. (Not a conftest.py: the test modules elsewhere import the top-level conftest by
 name, which a second conftest module on sys.path would shadow.)"""
 
+import os
+
 import pytest
 
 import emulation_build as build
@@ -12,6 +14,8 @@ import emulated
 
 def _require_compiler():
     if build.compiler() is None:
+        if os.environ.get("RGF_REQUIRE_CUDA_EMULATION"):  # .ci/run: these tests must run, not skip
+            pytest.fail("RGF_REQUIRE_CUDA_EMULATION is set but no g++ was found for the CUDA emulation")
         pytest.skip("the CUDA emulation needs g++ (none found)")
 
 
