@@ -38,10 +38,6 @@
 #include <type_traits>
 #include <utility>
 
-#ifndef __CUDA_ARCH__
-#define RGF_EMU_HOST_TU 1  // bind_cuda.cpp: host code only (nvcc's host pass defines neither)
-#endif
-
 // ----------------------------------------------------------------- keywords
 #define __host__
 #define __device__
