@@ -81,19 +81,28 @@ RGF_HD float exact_dot(const float* q, const float* g, int64_t dim) {
 //   scale: s;  row_norm: |q| (the raw row);  gallery_norm2_max: the largest fl(|g|^2) in float32.
 RGF_HD double screen_key_bound(double screen_rel_error, int64_t dim, double scale, double row_norm,
                                double gallery_norm2_max) {
+  // Every product and sum below is an RGF_D* macro (rgf_macros.h): rounded on its own on both
+  // backends, never contracted into an FMA (nvcc would contract the plain a*b+c forms, and the
+  // bound would then differ from the CPU module's in the last bit).
   const double u = 5.9604644775390625e-08;     // 2^-24, float32 unit roundoff
   const double tiny = 1.1754943508222875e-38;  // 2^-126: flushing a subnormal moves a value by less
   const double d = static_cast<double>(dim);
-  const double a = row_norm * (1.0 + 1e-12);                 // |q| was summed in float64
-  const double G = sqrt(gallery_norm2_max * (1.0 + 4.0 * u)) * (1.0 + 1e-12);  // n = fl(|g|^2)
-  const double gamma = (d + 1.0) * u / (1.0 - (d + 1.0) * u);
-  const double aG = a * G;
+  const double a = RGF_DMUL(row_norm, 1.0 + 1e-12);                                 // |q| was summed in float64
+  const double G = RGF_DMUL(sqrt(RGF_DMUL(gallery_norm2_max, 1.0 + 4.0 * u)), 1.0 + 1e-12);  // n = fl(|g|^2)
+  const double d1u = RGF_DMUL(RGF_DADD(d, 1.0), u);
+  const double gamma = d1u / RGF_DSUB(1.0, d1u);
+  const double aG = RGF_DMUL(a, G);
   // Subnormal inputs, products or partial sums may be flushed to zero on either path.
-  const double underflow = (d + 2.0) * tiny * (a + G + 2.0);
-  const double dot_diff = (screen_rel_error + gamma) * aG + 2.0 * underflow;  // >= |D - A|
-  const double m = 2.0 * scale * (1.0 + u);                                   // >= |fl(-2 s)|
-  const double key_mag = gallery_norm2_max + m * (aG * (1.0 + screen_rel_error + gamma) + underflow);
-  return 2.0 * (m * dot_diff + 2.0 * u * (key_mag + m * dot_diff) + 2.0 * 1.401298464324817e-45);
+  const double underflow = RGF_DMUL(RGF_DMUL(RGF_DADD(d, 2.0), tiny), RGF_DADD(RGF_DADD(a, G), 2.0));
+  const double rel_gamma = RGF_DADD(screen_rel_error, gamma);
+  const double dot_diff = RGF_DADD(RGF_DMUL(rel_gamma, aG), RGF_DMUL(2.0, underflow));  // >= |D - A|
+  const double m = RGF_DMUL(RGF_DMUL(2.0, scale), 1.0 + u);                            // >= |fl(-2 s)|
+  const double key_mag = RGF_DADD(
+      gallery_norm2_max,
+      RGF_DMUL(m, RGF_DADD(RGF_DMUL(aG, RGF_DADD(RGF_DADD(1.0, screen_rel_error), gamma)), underflow)));
+  const double m_dot = RGF_DMUL(m, dot_diff);
+  const double rounding = RGF_DMUL(RGF_DMUL(2.0, u), RGF_DADD(key_mag, m_dot));
+  return RGF_DMUL(2.0, RGF_DADD(RGF_DADD(m_dot, rounding), 2.0 * 1.401298464324817e-45));
 }
 
 // Whether the exact winner is certainly among the candidates: every row left out has an

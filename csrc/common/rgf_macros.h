@@ -13,19 +13,29 @@
 #endif
 
 // Bit-identical float math on host and device.
-// Every multiply-add in the shared math is written as an explicit fmaf, and every other
-// multiply or add must not be contracted into an FMA by the compiler. On the device the
-// __fmul_rn/__fadd_rn intrinsics are never contracted; on the host the CPU module is compiled
-// with -ffp-contract=off. IEEE-754 mul, add, fma, sqrt and int->float conversion are correctly
-// rounded on both sides, so the results agree bit for bit.
+// Every multiply-add in the shared math is written as an explicit fmaf / fma, and every other
+// multiply or add whose operand is a product (or whose result feeds an add), in float32 or
+// float64, goes through these macros, so no compiler can contract it into an FMA. On the device
+// the __fmul_rn/__fadd_rn/__dmul_rn/__dadd_rn intrinsics are never contracted (nvcc contracts
+// plain a*b+c by default, -fmad=true, and the CUDA module keeps that default); on the host the
+// CPU module is compiled with -ffp-contract=off. IEEE-754 mul, add, fma, sqrt and int->float
+// conversion are correctly rounded on both sides, so the results agree bit for bit. The CUDA
+// emulation's "contraction" build (python_tests/cuda_emulation) contracts every plain a*b+c,
+// as nvcc may, and checks that the device results still match the CPU module's.
 #if defined(__CUDA_ARCH__)
 #define RGF_FMUL(a, b) __fmul_rn((a), (b))
 #define RGF_FADD(a, b) __fadd_rn((a), (b))
 #define RGF_FSUB(a, b) __fsub_rn((a), (b))
+#define RGF_DMUL(a, b) __dmul_rn((a), (b))
+#define RGF_DADD(a, b) __dadd_rn((a), (b))
+#define RGF_DSUB(a, b) __dsub_rn((a), (b))
 #else
 #define RGF_FMUL(a, b) ((a) * (b))
 #define RGF_FADD(a, b) ((a) + (b))
 #define RGF_FSUB(a, b) ((a) - (b))
+#define RGF_DMUL(a, b) ((a) * (b))
+#define RGF_DADD(a, b) ((a) + (b))
+#define RGF_DSUB(a, b) ((a) - (b))
 #endif
 
 namespace rgf {

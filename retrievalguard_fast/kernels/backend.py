@@ -216,8 +216,10 @@ class CudaBackend:
             return torch.where(t >= 2**31, t - 2**32, t).to(torch.int32).contiguous()
 
         out = torch.empty((counters.shape[0], 4), dtype=torch.int32, device=counters.device)
-        _cuda.philox4x32(*self._place(out), as_int32_bits(counters).data_ptr(), as_int32_bits(keys).data_ptr(),
-                         counters.shape[0], out.data_ptr())
+        # Named, so they live until the kernel has run: a temporary's storage is freed (and
+        # reused by the next conversion) as soon as its .data_ptr() returns.
+        counters32, keys32 = as_int32_bits(counters), as_int32_bits(keys)
+        _cuda.philox4x32(*self._place(out), counters32.data_ptr(), keys32.data_ptr(), counters.shape[0], out.data_ptr())
         return out.to(torch.int64) & 0xFFFFFFFF
 
     def gaussian_noise(self, x: Any, sigma: float, n: int, seed: int, stream: int, start: int, out: Any) -> None:
