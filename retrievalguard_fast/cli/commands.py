@@ -35,6 +35,18 @@ def load_data(args):
                          leave_one_out=not args.no_leave_one_out)
 
 
+def load_checked_model(args):
+    """``--model`` loaded, its training sigma checked against ``--sigma`` -> (model, identity)."""
+    from ..data import load_model
+    from ..data.models import check_training_sigma, training_sigma
+
+    model, model_id = load_model(args.model)
+    trained = training_sigma(args.model, model)
+    check_training_sigma(trained, args.sigma, args.allow_sigma_mismatch, args.model)
+    # Recorded only when known, so run.json of a model without a record is what it always was.
+    return model, {"model": model_id, **({} if trained is None else {"model_training_sigma": trained})}
+
+
 def demo(args) -> int:
     from ..data import resolve_device
     from ..demo import default_weights_path, load_default_model, load_digits_split
@@ -68,13 +80,14 @@ def demo(args) -> int:
 
 
 def certify(args) -> int:
-    from ..data import load_model, resolve_device
+    from ..data import resolve_device
     from ..report import print_table
 
     with coordinator_for_this_process(args.group_timeout) as coordinator:
         device = coordinator.device(resolve_device(args.device))
         data = load_data(args)
-        model, model_id = load_model(args.model)
+        model, model_identity = load_checked_model(args)
+        model_id = model_identity["model"]
         if max(args.recall_k) > data.gallery_size:
             raise InputError(f"--recall-k {max(args.recall_k)} exceeds the gallery size {data.gallery_size}")
         # The folder is held from here on (by rank 0 for a group): the gallery embeddings are
@@ -83,7 +96,7 @@ def certify(args) -> int:
             gallery = coordinator.share_gallery(folder, lambda: build_gallery(
                 data, model, model_id, device, args.batch_size, folder=folder, quiet=args.quiet or not coordinator.leader))
             summary = certify_to_folder(folder, retriever(args, model, gallery), data.queries, data.labels,
-                                        certify_config(args), identity={"model": model_id, **data.identity},
+                                        certify_config(args), identity={**model_identity, **data.identity},
                                         exclude=data.exclude, indices=data.indices, resume=args.resume,
                                         quiet=args.quiet, coordinator=coordinator)
         if summary is not None:  # None on the ranks other than 0 of a torchrun group
@@ -93,7 +106,7 @@ def certify(args) -> int:
 
 def attack(args) -> int:
     from ..attack import AttackConfig, check_clip, print_attack_table
-    from ..data import load_model, resolve_device
+    from ..data import resolve_device
     from ..runs import RunFolder
 
     if launched():
@@ -102,7 +115,8 @@ def attack(args) -> int:
     data = load_data(args)
     if not hasattr(data.queries, "iter_chunks"):  # an array: checked before any work (images: as read)
         check_clip(data.queries, args.clip, f"--queries {args.queries}")
-    model, model_id = load_model(args.model)
+    model, model_identity = load_checked_model(args)
+    model_id = model_identity["model"]
     config = AttackConfig(radii=tuple(args.radii), models=tuple(args.models), steps=args.steps, eot=args.eot,
                           restarts=args.restarts, step_size=args.step_size, temperature=args.temperature,
                           clip=tuple(args.clip), n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
@@ -110,7 +124,7 @@ def attack(args) -> int:
     with RunFolder(args.out) as folder:  # held from here: the gallery embeddings are cached in it
         gallery = build_gallery(data, model, model_id, device, args.batch_size, folder=folder, quiet=args.quiet)
         summary = attack_to_folder(folder, retriever(args, model, gallery), data.queries, data.labels,
-                                   identity={"model": model_id, **data.identity}, config=config, exclude=data.exclude,
+                                   identity={**model_identity, **data.identity}, config=config, exclude=data.exclude,
                                    indices=data.indices, certified=args.certified, resume=args.resume, quiet=args.quiet)
     print_attack_table(summary, color=sys.stdout.isatty())
     print(f"\nwrote {os.path.join(args.out, RESULTS)}, summary.json, summary.csv, attack_vs_certified.png")

@@ -80,6 +80,7 @@ def load_train_data(*, data: Optional[str], dataset: Optional[str], resize: int 
     if dataset is not None:
         images = benchmark_train(dataset)
         identity = {"dataset": dataset.partition(":")[0], "split": "train"}
+        what = f"--dataset {dataset} (training split)"
     elif data.startswith("folder:"):
         images = folder_source(data[len("folder:"):], what)
         identity = {}

@@ -16,12 +16,11 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..data.models import TRAINING_EXTRA_FILE as EXTRA_FILE
 from ..errors import InputError, Term
 
 BACKBONE = Term("backbone", "--backbone")
 WEIGHTS = Term("weights", "--weights")
-#: The TorchScript extra file holding the training record (sigma, data, loss): certify reads it.
-EXTRA_FILE = "retrievalguard_training.json"
 
 
 def mlp() -> torch.nn.Module:
