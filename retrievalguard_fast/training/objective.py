@@ -28,6 +28,7 @@ from typing import Optional
 
 import torch
 
+from ..errors import InputError
 from ..kernels import gaussian_noise
 
 LOSSES = ("margin", "multi-similarity", "contrastive")
@@ -61,7 +62,10 @@ class Objective(torch.nn.Module):
 
     def __init__(self, loss: str, num_classes: int, consistency: float = 0.0, copies: int = 1):
         super().__init__()
-        from pytorch_metric_learning import losses, miners
+        try:
+            from pytorch_metric_learning import losses, miners
+        except ImportError:
+            raise InputError("train needs pytorch-metric-learning: pip install 'retrievalguard_fast[train]'") from None
 
         self.consistency, self.copies, self.miner = consistency, copies, None
         if loss == "margin":
