@@ -155,6 +155,26 @@ def train(args) -> int:
     return 0
 
 
+def compare(args) -> int:
+    from ..errors import Term
+    from ..report.compare import compare_runs, terminal_table, write_comparison
+    from ..runs import read_run
+    from ..smoothing.record import is_certify_record
+
+    runs, names = [], [os.path.basename(os.path.normpath(f)) for f in args.folders]
+    for folder, name in zip(args.folders, names):
+        params, records = read_run(folder, Term("folders", "compare"))
+        if params.get("command", "certify") != "certify" or not records or not all(is_certify_record(r) for r in records):
+            raise InputError(f"compare {folder}: not a folder of certify results with at least one record")
+        # Two folders of one name (a/run, b/run) are told apart by the path as given.
+        runs.append((folder if names.count(name) > 1 else name, params, records))
+    comparison = compare_runs(runs, args.radii)
+    write_comparison(args.out, comparison)
+    print(terminal_table(comparison))
+    print(f"\nwrote {os.path.join(args.out, 'compare.png')}, compare.md, compare.tex, summary.json, summary.csv")
+    return 0
+
+
 def bench(args) -> int:
     from ..bench import run as run_bench
 
@@ -176,4 +196,4 @@ def info(_args) -> int:
     return 0
 
 
-COMMANDS = {"demo": demo, "certify": certify, "attack": attack, "train": train, "bench": bench, "info": info}
+COMMANDS = {"demo": demo, "certify": certify, "attack": attack, "train": train, "compare": compare, "bench": bench, "info": info}

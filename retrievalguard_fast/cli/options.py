@@ -256,6 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
                                        "optionally with consistency regularisation; writes --out/model.pt (TorchScript "
                                        "for certify --model, carrying its sigma) and --out/train.json.")
     _add_train_options(train)
+    compare = sub.add_parser("compare", help="certified Recall@1 of several certify folders in one plot and table",
+                             description="Reads certify results folders; writes --out/compare.png (certified Recall@1 "
+                                         "against radius, vote and soft, and each run's distribution of per-query "
+                                         "noisy Recall@1), compare.md, compare.tex, summary.json and summary.csv, "
+                                         "and prints the table.")
+    compare.add_argument("folders", nargs="+", metavar="DIR", help="certify results folders")
+    compare.add_argument("--out", required=True, help="output folder")
+    compare.add_argument("--radii", type=_radii, default=list(DEFAULT_RADII),
+                         help="radii of the table (default 0,0.05,0.1,0.25,0.5,0.75,1)")
+    compare.add_argument("--debug", action="store_true", help="show tracebacks")
     bench = sub.add_parser("bench", help="benchmarks against numpy/torch/faiss baselines, measured in the same run",
                            usage="python -m retrievalguard_fast bench [{all,kernels,certify,sequential,model-stage,data}] [options]",
                            description="Run a benchmark; options after the name go to it (e.g. bench kernels --help). "
