@@ -36,15 +36,20 @@ def load_data(args):
 
 
 def load_checked_model(args):
-    """``--model`` loaded, its training sigma checked against ``--sigma`` -> (model, identity)."""
+    """``--model`` loaded, its training sigma checked against ``--sigma``, behind ``--denoiser``
+    if given -> (encoder for the gallery, base model of the smoothing, identity for run.json)."""
     from ..data import load_model
-    from ..data.models import check_training_sigma, training_sigma
+    from ..data.models import check_training_sigma, training_sigma, with_denoiser
 
-    model, model_id = load_model(args.model)
-    trained = training_sigma(args.model, model)
+    encoder, model_id = load_model(args.model)
+    trained = training_sigma(args.model, encoder)
     check_training_sigma(trained, args.sigma, args.allow_sigma_mismatch, args.model)
-    # Recorded only when known, so run.json of a model without a record is what it always was.
-    return model, {"model": model_id, **({} if trained is None else {"model_training_sigma": trained})}
+    # Recorded only when known or given, so run.json of a plain model is what it always was.
+    identity = {"model": model_id, **({} if trained is None else {"model_training_sigma": trained})}
+    if args.denoiser is None:
+        return encoder, encoder, identity
+    denoiser, denoiser_id = load_model(args.denoiser, "--denoiser")
+    return encoder, with_denoiser(denoiser, encoder), {**identity, "denoiser": denoiser_id}
 
 
 def demo(args) -> int:
@@ -86,7 +91,7 @@ def certify(args) -> int:
     with coordinator_for_this_process(args.group_timeout) as coordinator:
         device = coordinator.device(resolve_device(args.device))
         data = load_data(args)
-        model, model_identity = load_checked_model(args)
+        encoder, model, model_identity = load_checked_model(args)
         model_id = model_identity["model"]
         if max(args.recall_k) > data.gallery_size:
             raise InputError(f"--recall-k {max(args.recall_k)} exceeds the gallery size {data.gallery_size}")
@@ -94,7 +99,7 @@ def certify(args) -> int:
         # cached in it, computed once by rank 0 and read there by the other ranks.
         with coordinator.open_folder(args.out) as folder:
             gallery = coordinator.share_gallery(folder, lambda: build_gallery(
-                data, model, model_id, device, args.batch_size, folder=folder, quiet=args.quiet or not coordinator.leader))
+                data, encoder, model_id, device, args.batch_size, folder=folder, quiet=args.quiet or not coordinator.leader))
             summary = certify_to_folder(folder, retriever(args, model, gallery), data.queries, data.labels,
                                         certify_config(args), identity={**model_identity, **data.identity},
                                         exclude=data.exclude, indices=data.indices, resume=args.resume,
@@ -115,14 +120,14 @@ def attack(args) -> int:
     data = load_data(args)
     if not hasattr(data.queries, "iter_chunks"):  # an array: checked before any work (images: as read)
         check_clip(data.queries, args.clip, f"--queries {args.queries}")
-    model, model_identity = load_checked_model(args)
+    encoder, model, model_identity = load_checked_model(args)
     model_id = model_identity["model"]
     config = AttackConfig(radii=tuple(args.radii), models=tuple(args.models), steps=args.steps, eot=args.eot,
                           restarts=args.restarts, step_size=args.step_size, temperature=args.temperature,
                           clip=tuple(args.clip), n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
                           soft_bound=args.soft_bound)
     with RunFolder(args.out) as folder:  # held from here: the gallery embeddings are cached in it
-        gallery = build_gallery(data, model, model_id, device, args.batch_size, folder=folder, quiet=args.quiet)
+        gallery = build_gallery(data, encoder, model_id, device, args.batch_size, folder=folder, quiet=args.quiet)
         summary = attack_to_folder(folder, retriever(args, model, gallery), data.queries, data.labels,
                                    identity={**model_identity, **data.identity}, config=config, exclude=data.exclude,
                                    indices=data.indices, certified=args.certified, resume=args.resume, quiet=args.quiet)

@@ -113,6 +113,9 @@ def _add_smoothing_options(p: argparse.ArgumentParser, *, sigma: Optional[float]
 
 def _add_model_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a TorchScript file (torch.jit.save) or 'package.module:factory'")
+    p.add_argument("--denoiser", default=None,
+                   help="a model (TorchScript file or module:factory) applied to each noisy sample before --model "
+                        "(denoised smoothing): the certificate is for the composite; run.json records its identity")
     p.add_argument("--allow-sigma-mismatch", action="store_true",
                    help="smooth a model at another --sigma than the one it records it was trained at (train's "
                         "model.pt, a factory module's training_sigma)")

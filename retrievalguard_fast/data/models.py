@@ -53,28 +53,29 @@ def module_digest(model) -> str:
     return h.hexdigest()
 
 
-def load_model(spec: str):
-    """``--model``: a TorchScript file (identified by its bytes) or ``package.module:factory``
-    (identified by the built module's state, :func:`module_digest`) -> ``(model, model_id)``."""
+def load_model(spec: str, what: str = "--model"):
+    """``--model`` (or ``what``, e.g. ``--denoiser``): a TorchScript file (identified by its bytes)
+    or ``package.module:factory`` (identified by the built module's state, :func:`module_digest`)
+    -> ``(model, model_id)``."""
     import torch
 
     if os.path.exists(spec):
         try:
             model = torch.jit.load(spec, map_location="cpu")
         except Exception as exc:  # noqa: BLE001
-            raise InputError(f"--model {spec}: not a loadable TorchScript file ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
+            raise InputError(f"{what} {spec}: not a loadable TorchScript file ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
         return model, file_digest(spec)
     if ":" not in spec:
-        raise InputError(f"--model {spec}: no such file; expected a TorchScript file or 'package.module:factory'")
+        raise InputError(f"{what} {spec}: no such file; expected a TorchScript file or 'package.module:factory'")
     module_name, factory_name = spec.split(":", 1)
     try:
         module = importlib.import_module(module_name)
         factory = getattr(module, factory_name)
         model = factory()
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"--model {spec}: could not build the model ({exc.__class__.__name__}: {exc})") from None
+        raise InputError(f"{what} {spec}: could not build the model ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(model, torch.nn.Module):
-        raise InputError(f"--model {spec}: the factory returned {type(model).__name__}, expected a torch.nn.Module")
+        raise InputError(f"{what} {spec}: the factory returned {type(model).__name__}, expected a torch.nn.Module")
     return model, f"factory:{spec}:sha256:{module_digest(model)}"
 
 
@@ -105,3 +106,20 @@ def check_training_sigma(trained: Optional[float], sigma: float, allow: bool, sp
         return
     raise InputError(f"--sigma {sigma:g}: the model {spec} was trained at sigma {trained:g}; use --sigma {trained:g}, "
                      "or pass --allow-sigma-mismatch to smooth it at another sigma anyway")
+
+
+def with_denoiser(denoiser, encoder):
+    """Denoised smoothing (Salman et al. 2020): the base model is ``encoder(denoiser(x))`` on each
+    noisy sample, and the certificate is for that composite; the gallery stays embedded by the
+    encoder alone (clean images need no denoising, and any fixed gallery is sound)."""
+    import torch
+
+    class Denoised(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.denoiser, self.encoder = denoiser, encoder
+
+        def forward(self, x):
+            return self.encoder(self.denoiser(x))
+
+    return Denoised()
