@@ -171,8 +171,11 @@ def test_resume_after_sigkill_gives_the_weights_of_an_uninterrupted_run(digits_n
 
 
 def _listing(folder):
-    return sorted((p, os.path.getsize(os.path.join(r, p))) for r, _, fs in os.walk(folder) for p in fs) \
-        if os.path.exists(folder) else None
+    """Every file's name and bytes, but the lock's: a run refused after taking the folder's lock
+    (a folder of another run) has rewritten who holds it, and nothing else."""
+    if not os.path.exists(folder):
+        return None
+    return sorted((p, open(os.path.join(r, p), "rb").read()) for r, _, fs in os.walk(folder) for p in fs if p != ".lock")
 
 
 def _refused(tmp_path, capsys, out, *args):
