@@ -233,3 +233,37 @@ def test_a_model_certified_at_another_sigma_than_it_was_trained_at_is_refused(di
     capsys.readouterr()
     assert main(["certify", *data, "--n", "100", "--sigma", "0.5", "--out", str(tmp_path / "same")]) == 0
     assert json.loads((tmp_path / "same" / "run.json").read_text())["model_training_sigma"] == 0.5
+
+
+# ---------------------------------------------------------------------- losses, frozen BatchNorm
+
+
+@pytest.mark.parametrize("loss", ["margin", "multi-similarity", "contrastive"])
+def test_each_loss_trains_and_exports_normalised_embeddings(loss, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 4)
+    x = (rng.uniform(0, 1, (16, 3, 6, 6)) * 0.5 + labels[:, None, None, None] / 8).astype(np.float32)
+    np.savez(tmp_path / "t.npz", x=x, labels=labels)
+    out = tmp_path / loss
+    assert main(["train", "--data", str(tmp_path / "t.npz"), "--sigma", "0.1", "--loss", loss, "--backbone", "cnn",
+                 "--freeze-bn", "--embedding-dim", "5", "--epochs", "2", "--batch-size", "8", "--lr", "1e-3",
+                 "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    history = json.loads((out / "train.json").read_text())["history"]
+    assert len(history) == 2 and all(np.isfinite(e["loss"]) for e in history)
+    model = torch.jit.load(str(out / "model.pt"))
+    e = model(torch.from_numpy(x[:3]))
+    assert e.shape == (3, 5) and torch.allclose(e.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_frozen_batchnorm_keeps_its_running_statistics():
+    from retrievalguard_fast.training.run import _set_train_mode
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+    before = model[1].running_mean.clone()
+    _set_train_mode(model, freeze_bn=True)
+    assert model[0].training and not model[1].training
+    model(torch.randn(4, 1, 3, 3) + 5)
+    assert torch.equal(model[1].running_mean, before)
+    _set_train_mode(model, freeze_bn=False)
+    model(torch.randn(4, 1, 3, 3) + 5)
+    assert not torch.equal(model[1].running_mean, before)
