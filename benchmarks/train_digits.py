@@ -6,7 +6,7 @@ held out) as
   (a) no noise (--sigma 0),
   (b) noise only (--sigma S),
   (c) noise and consistency, lambda in {1, 5, 10, 20}, 2 noisy copies,
-and every model is certified with ``certify`` at S (fixed n, so average radii are exact) on the
+and every model is certified with ``certify`` at S (fixed n, --num-samples, so average radii are exact) on the
 360 query digits against the gallery split; (a) needs --allow-sigma-mismatch, and so does the
 mismatch row (the sigma-0.25 model (b) certified at 0.5). The shipped model of S
 (scripts/train_digits_model.py's recipe, a cosine-softmax loss) is certified beside them. One
@@ -28,8 +28,8 @@ import numpy as np
 RADII = "0,0.1,0.25,0.5,0.75,1"
 RECIPE = ["--backbone", "mlp", "--embedding-dim", "32", "--epochs", "40", "--batch-size", "112", "--lr", "1e-3",
           "--device", "cpu", "--quiet"]
-CERTIFY = ["--n0", "100", "--num-samples", "10000", "--alpha", "0.001", "--mode", "fixed-n", "--radii", RADII,
-           "--batch-size", "2000", "--device", "cpu", "--quiet"]
+CERTIFY = ["--n0", "100", "--alpha", "0.001", "--mode", "fixed-n", "--radii", RADII, "--batch-size", "2000",
+           "--device", "cpu", "--quiet"]
 
 
 def rgf(*args):
@@ -43,7 +43,9 @@ def main():
     p.add_argument("--out", default="train-digits-bench")
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5])
     p.add_argument("--lambdas", type=float, nargs="+", default=[1, 5, 10, 20])
+    p.add_argument("--num-samples", type=int, default=10000, help="certification samples per query (fixed n)")
     args = p.parse_args()
+    CERTIFY.extend(["--num-samples", str(args.num_samples)])
     import torch
 
     from retrievalguard_fast.demo import default_weights_path, load_digits_split
