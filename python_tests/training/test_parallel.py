@@ -34,3 +34,10 @@ def test_two_ranks_keep_identical_weights_after_every_step(tmp_path):
     record = json.loads((tmp_path / "out" / "train.json").read_text())
     assert record["complete"] and record["parameters"]["world_size"] == 2
     assert (tmp_path / "out" / "model.pt").exists()
+    # A folder rank 0 refuses stops every rank with its line, instead of leaving them waiting.
+    code, out, err = _finish(_torchrun(["--standalone", "--nproc-per-node=2"],
+                                       [a if a != "2" or k != args.index("--epochs") + 1 else "3"
+                                        for k, a in enumerate(args)], tmp_path), timeout=120)
+    assert code != 0
+    assert "error: rank 0: --out" in err and "other parameters (epochs differ)" in err
+    assert "error: rank 1: rank 0 stopped the run: --out" in err

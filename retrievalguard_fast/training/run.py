@@ -98,9 +98,10 @@ def _read_json(path: str) -> Optional[dict]:
 def train_to_folder(out: str, data, config: TrainConfig, *, val=None, device="cpu", resume: bool = False,
                     quiet: bool = False) -> Optional[dict]:
     """Train on ``data`` (:class:`~..data.TrainData`) into the folder ``out`` and return train.json's
-    content (None on the ranks other than 0 of a torchrun group). ``val``: images whose clean Recall@1 is reported after each epoch (default: the
-    training images themselves, leave-one-out). Bad input raises :class:`~..errors.InputError`
-    before ``out`` is created or changed."""
+    content (None on the ranks other than 0 of a torchrun group). ``val``: images whose clean
+    Recall@1 is reported after each epoch (default: the training images themselves,
+    leave-one-out). Bad input raises :class:`~..errors.InputError` before ``out`` is created or
+    changed; a folder of another run, or in use, before anything in it changes but its lock."""
     device = torch.device(device)
     parallel = DataParallel.for_this_process(device)
     if device.type == "cuda" and parallel.world > 1:  # one GPU per rank
@@ -125,11 +126,14 @@ def train_to_folder(out: str, data, config: TrainConfig, *, val=None, device="cp
     if list(objective.parameters()):
         optimizers.append(torch.optim.Adam(objective.parameters(), lr=config.loss_lr))
 
-    folder = RunFolder(out) if parallel.leader else None
+    folder = None
     try:
         history, start = [], 0
         ckpt_path, json_path = os.path.join(out, CHECKPOINT), os.path.join(out, TRAIN_JSON)
-        def check_folder():
+
+        def open_folder():  # rank 0's: the lock, then what the folder already holds
+            nonlocal folder
+            folder = RunFolder(out)
             previous = _read_json(json_path)
             if previous is not None or os.path.exists(ckpt_path):
                 ours, theirs = json.loads(json.dumps(params)), (previous or {}).get("parameters") or {}
@@ -141,7 +145,7 @@ def train_to_folder(out: str, data, config: TrainConfig, *, val=None, device="cp
                     raise InputError(f"{{out}} {out} already holds this training run; pass {{resume}} to continue it "
                                      "or choose a new {out}", out=OUT, resume=RESUME)
 
-        parallel.leader_decides(check_folder)
+        parallel.leader_decides(open_folder)
         if os.path.exists(ckpt_path):
             state = torch.load(ckpt_path, map_location=device, weights_only=False)
             model.load_state_dict(state["model"])
@@ -164,7 +168,8 @@ def train_to_folder(out: str, data, config: TrainConfig, *, val=None, device="cp
                     noisy = noisy_copies(x.to(device), idx, config.sigma, config.noise_copies, config.seed, epoch)
                     loss, metric, sp = objective(model(noisy), targets[idx].to(device))
                     loss.backward()
-                    totals += len(idx) * np.array([float(loss.detach()), float(metric.detach()), float(sp.detach()) if sp is not None else 0.0])
+                    totals += len(idx) * np.array([float(loss.detach()), float(metric.detach()),
+                                                   float(sp.detach()) if sp is not None else 0.0])
                 parallel.average_gradients([model, objective], idx is not None)
                 for opt in optimizers:
                     opt.step()
