@@ -20,7 +20,8 @@ ALLOWED = {
     "data": {"kernels", "smoothing"},
     "runs": {"kernels", "smoothing", "report", "attack", "data"},
     "demo": {"kernels", "smoothing"},
-    "cli": {"kernels", "smoothing", "report", "attack", "data", "runs", "demo", "bench"},
+    "training": {"kernels", "smoothing", "report", "data", "runs"},
+    "cli": {"kernels", "smoothing", "report", "attack", "data", "runs", "demo", "bench", "training"},
     "bench": {"kernels", "smoothing", "report", "data", "demo"},
 }
 TOP = {"__init__": set(ALLOWED), "__main__": {"cli"}, **{name: set() for name in BASE}}

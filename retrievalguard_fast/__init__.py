@@ -14,6 +14,7 @@ checks): ``kernels`` -> ``smoothing`` -> ``report`` -> ``attack`` -> ``runs`` ->
 - :mod:`.attack`: the empirical upper bound (:class:`AttackConfig`, :class:`Attacker`);
 - :mod:`.data`: queries and galleries from .npz files, image folders and the benchmarks;
 - :mod:`.runs`: :func:`certify_to_folder`, :func:`attack_to_folder` (resumable, torchrun-aware);
+- :mod:`.training`: :func:`~.training.train_to_folder`, a certifiable model trained under noise;
 - :mod:`.cli`: ``python -m retrievalguard_fast``.
 
 The mathematics is in docs/certification.md, the engineering in docs/design.md.

@@ -69,15 +69,17 @@ def test_the_summary_curve_agrees_with_the_table(setup, tmp_path):
 def test_run_json_records_the_record_format_and_refuses_another(setup, tmp_path):
     run(tmp_path / "a", setup)
     params = json.loads((tmp_path / "a" / "run.json").read_text())
-    assert params["record_format"] == 1
-    # A folder from before the number was written is format 1 and resumes.
+    assert params["record_format"] == 2
+    assert run(tmp_path / "a", setup, resume=True)["this_session"]["queries"] == 0
+    # A folder from before the number was written is format 1: its records lack format 2's
+    # fields, so it is refused by name, in the library's words (out, not --out).
     del params["record_format"]
     (tmp_path / "a" / "run.json").write_text(json.dumps(params))
-    assert run(tmp_path / "a", setup, resume=True)["this_session"]["queries"] == 0
-    # A folder of another format is refused by name, in the library's words (out, not --out).
-    params["record_format"] = 2
+    with pytest.raises(InputError, match=r"^out .* holds records of format 1, this version writes format 2"):
+        run(tmp_path / "a", setup, resume=True)
+    params["record_format"] = 3
     (tmp_path / "a" / "run.json").write_text(json.dumps(params))
-    with pytest.raises(InputError, match=r"^out .* holds records of format 2, this version writes format 1") as err:
+    with pytest.raises(InputError, match=r"^out .* holds records of format 3, this version writes format 2") as err:
         run(tmp_path / "a", setup, resume=True)
     assert "choose a new --out" in err.value.for_cli()
     assert isinstance(err.value, ValueError)

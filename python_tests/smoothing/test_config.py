@@ -103,5 +103,5 @@ def test_record_round_trip_and_recognition():
     assert record["soft_recall_at_k"] == {"1": {"gaussian": 0.3, "lipschitz": 0.2}}  # JSON keys
     assert QueryCertificate.from_dict({**record, "a_field_from_later": 1}) == c
     assert is_certify_record(record) and not is_certify_record({"index": 7, "vote": {}}) and not is_certify_record([])
-    assert RECORD_FORMAT == 1
+    assert RECORD_FORMAT == 2
     assert np.isclose(c.radius(certificate("gaussian")), 0.3) and c.prediction(certificate("vote")) == 3

@@ -1,8 +1,9 @@
-"""Command line: ``python -m retrievalguard_fast {demo,certify,attack,bench,info}``.
+"""Command line: ``python -m retrievalguard_fast {demo,certify,attack,train,compare,bench,info}``.
 
 ``demo`` certifies the embedded default (scikit-learn's digits and a shipped noise-trained
 model); ``certify`` runs a user's model and data; ``attack`` attacks them (the empirical upper
-bound beside the certificates). :mod:`.options` parses the arguments, :mod:`.commands` calls the
+bound beside the certificates); ``train`` makes a model under noise; ``compare`` sets certify
+runs side by side. :mod:`.options` parses the arguments, :mod:`.commands` calls the
 library with them (:func:`~..runs.certify_to_folder`, :func:`~..runs.attack_to_folder`) and
 prints what it returns; this module dispatches and turns errors into exit statuses.
 

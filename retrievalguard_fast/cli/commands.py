@@ -35,6 +35,23 @@ def load_data(args):
                          leave_one_out=not args.no_leave_one_out, verify_data=args.verify_data)
 
 
+def load_checked_model(args):
+    """``--model`` loaded, its training sigma checked against ``--sigma``, behind ``--denoiser``
+    if given -> (encoder for the gallery, base model of the smoothing, identity for run.json)."""
+    from ..data import load_model
+    from ..data.models import check_training_sigma, training_sigma, with_denoiser
+
+    encoder, model_id = load_model(args.model)
+    trained = training_sigma(args.model, encoder)
+    check_training_sigma(trained, args.sigma, args.allow_sigma_mismatch, args.model)
+    # Recorded only when known or given, so run.json of a plain model is what it always was.
+    identity = {"model": model_id, **({} if trained is None else {"model_training_sigma": trained})}
+    if args.denoiser is None:
+        return encoder, encoder, identity
+    denoiser, denoiser_id = load_model(args.denoiser, "--denoiser")
+    return encoder, with_denoiser(denoiser, encoder), {**identity, "denoiser": denoiser_id}
+
+
 def demo(args) -> int:
     from ..data import resolve_device
     from ..demo import default_weights_path, load_default_model, load_digits_split
@@ -68,22 +85,23 @@ def demo(args) -> int:
 
 
 def certify(args) -> int:
-    from ..data import load_model, resolve_device
+    from ..data import resolve_device
     from ..report import print_table
 
     with coordinator_for_this_process(args.group_timeout) as coordinator:
         device = coordinator.device(resolve_device(args.device))
         data = load_data(args)
-        model, model_id = load_model(args.model)
+        encoder, model, model_identity = load_checked_model(args)
+        model_id = model_identity["model"]
         if max(args.recall_k) > data.gallery_size:
             raise InputError(f"--recall-k {max(args.recall_k)} exceeds the gallery size {data.gallery_size}")
         # The folder is held from here on (by rank 0 for a group): the gallery embeddings are
         # cached in it, computed once by rank 0 and read there by the other ranks.
         with coordinator.open_folder(args.out) as folder:
             gallery = coordinator.share_gallery(folder, lambda: build_gallery(
-                data, model, model_id, device, args.batch_size, folder=folder, quiet=args.quiet or not coordinator.leader))
+                data, encoder, model_id, device, args.batch_size, folder=folder, quiet=args.quiet or not coordinator.leader))
             summary = certify_to_folder(folder, retriever(args, model, gallery), data.queries, data.labels,
-                                        certify_config(args), identity={"model": model_id, **data.identity},
+                                        certify_config(args), identity={**model_identity, **data.identity},
                                         exclude=data.exclude, indices=data.indices, resume=args.resume,
                                         quiet=args.quiet, coordinator=coordinator)
         if summary is not None:  # None on the ranks other than 0 of a torchrun group
@@ -93,7 +111,7 @@ def certify(args) -> int:
 
 def attack(args) -> int:
     from ..attack import AttackConfig, check_clip, print_attack_table
-    from ..data import load_model, resolve_device
+    from ..data import resolve_device
     from ..runs import RunFolder
 
     if launched():
@@ -102,20 +120,64 @@ def attack(args) -> int:
     data = load_data(args)
     if not hasattr(data.queries, "iter_chunks"):  # an array: checked before any work (images: as read)
         check_clip(data.queries, args.clip, f"--queries {args.queries}")
-    model, model_id = load_model(args.model)
+    encoder, model, model_identity = load_checked_model(args)
+    model_id = model_identity["model"]
     config = AttackConfig(radii=tuple(args.radii), models=tuple(args.models), steps=args.steps, eot=args.eot,
                           restarts=args.restarts, targets=args.targets, step_size=args.step_size, temperature=args.temperature,
                           clip=tuple(args.clip), n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
                           soft_bound=args.soft_bound)
     with RunFolder(args.out) as folder:  # held from here: the gallery embeddings are cached in it
-        gallery = build_gallery(data, model, model_id, device, args.batch_size, folder=folder, quiet=args.quiet)
+        gallery = build_gallery(data, encoder, model_id, device, args.batch_size, folder=folder, quiet=args.quiet)
         summary = attack_to_folder(folder, retriever(args, model, gallery), data.queries, data.labels,
-                                   identity={"model": model_id, **data.identity}, config=config, exclude=data.exclude,
+                                   identity={**model_identity, **data.identity}, config=config, exclude=data.exclude,
                                    indices=data.indices, certified=args.certified, resume=args.resume, quiet=args.quiet)
     print_attack_table(summary, color=sys.stdout.isatty())
     print(f"\nwrote {os.path.join(args.out, RESULTS)}, summary.json, summary.csv, attack_vs_certified.png")
     # A certified query broken inside its radius is a soundness failure: a non-zero status.
     return 1 if summary.get("certified", {}).get("alarm", {}).get("broken_inside_radius") else 0
+
+
+def train(args) -> int:
+    from ..data import load_train_data, load_validation_data, resolve_device
+    from ..data.run_data import default_workers
+    from ..training import TrainConfig, train_to_folder
+
+    workers = default_workers() if args.workers is None else args.workers
+    config = TrainConfig(sigma=args.sigma, backbone=args.backbone, weights=args.weights,
+                         embedding_dim=args.embedding_dim, loss=args.loss, epochs=args.epochs,
+                         batch_size=args.batch_size, per_class=args.per_class, lr=args.lr, loss_lr=args.loss_lr,
+                         freeze_bn=args.freeze_bn, consistency=args.consistency, noise_copies=args.noise_copies,
+                         seed=args.seed)
+    data = load_train_data(data=args.data, dataset=args.dataset, resize=args.resize, crop=args.crop, workers=workers)
+    val = load_validation_data(val=args.val, dataset=args.dataset, resize=args.resize, crop=args.crop, workers=workers)
+    record = train_to_folder(args.out, data, config, val=val, device=resolve_device(args.device), resume=args.resume,
+                             quiet=args.quiet)
+    if record is not None:
+        last = record["history"][-1] if record["history"] else {}
+        print(f"trained {len(record['history'])} epochs at sigma {args.sigma:g}: loss {last.get('loss', float('nan')):.4f}, "
+              f"clean Recall@1 {last.get('recall_at_1', float('nan')):.3f}; wrote {os.path.join(args.out, 'model.pt')} "
+              "and train.json")
+    return 0
+
+
+def compare(args) -> int:
+    from ..errors import Term
+    from ..report.compare import compare_runs, terminal_table, write_comparison
+    from ..runs import read_run
+    from ..smoothing.record import is_certify_record
+
+    runs, names = [], [os.path.basename(os.path.normpath(f)) for f in args.folders]
+    for folder, name in zip(args.folders, names):
+        params, records = read_run(folder, Term("folders", "compare"))
+        if params.get("command", "certify") != "certify" or not records or not all(is_certify_record(r) for r in records):
+            raise InputError(f"compare {folder}: not a folder of certify results with at least one record")
+        # Two folders of one name (a/run, b/run) are told apart by the path as given.
+        runs.append((folder if names.count(name) > 1 else name, params, records))
+    comparison = compare_runs(runs, args.radii)
+    write_comparison(args.out, comparison)
+    print(terminal_table(comparison))
+    print(f"\nwrote {os.path.join(args.out, 'compare.png')}, compare.md, compare.tex, summary.json, summary.csv")
+    return 0
 
 
 def bench(args) -> int:
@@ -139,4 +201,4 @@ def info(_args) -> int:
     return 0
 
 
-COMMANDS = {"demo": demo, "certify": certify, "attack": attack, "bench": bench, "info": info}
+COMMANDS = {"demo": demo, "certify": certify, "attack": attack, "train": train, "compare": compare, "bench": bench, "info": info}

@@ -113,6 +113,12 @@ def _add_smoothing_options(p: argparse.ArgumentParser, *, sigma: Optional[float]
 
 def _add_model_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a TorchScript file (torch.jit.save) or 'package.module:factory'")
+    p.add_argument("--denoiser", default=None,
+                   help="a model (TorchScript file or module:factory) applied to each noisy sample before --model "
+                        "(denoised smoothing): the certificate is for the composite; run.json records its identity")
+    p.add_argument("--allow-sigma-mismatch", action="store_true",
+                   help="smooth a model at another --sigma than the one it records it was trained at (train's "
+                        "model.pt, a factory module's training_sigma)")
 
 
 def _add_group_options(p: argparse.ArgumentParser) -> None:
@@ -183,6 +189,48 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
                         "count certified queries broken inside their radius")
 
 
+_nonneg_float = _number(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    """``train``: the data (the sources certify reads), the model, the recipe, the run folder."""
+    from ..training import LOSSES
+
+    p.add_argument("--data", help="training images: .npz with x (N, *input_shape) and labels (N,), folder:DIR (one "
+                                  "subfolder per class) or list:FILE (CSV path,label)")
+    p.add_argument("--dataset", metavar="NAME:ROOT",
+                   help="a benchmark's training split (its test split for validation): " + layouts_help())
+    p.add_argument("--val", help="validation images (any --data source): clean Recall@1 after each epoch (default: "
+                                 "the --dataset test split, else the training images, leave-one-out)")
+    p.add_argument("--resize", type=_count, default=256, help="images: resize the shorter side (default 256; 0: keep)")
+    p.add_argument("--crop", type=_count, default=224, help="images: centre-crop to this square (default 224; 0: none)")
+    p.add_argument("--workers", type=_count, default=None, help="images: DataLoader workers (default: cores, at most 8)")
+    p.add_argument("--sigma", type=_nonneg_float, required=True,
+                   help="Gaussian noise in [0, 1] pixel units, as certify's --sigma (0: no noise)")
+    p.add_argument("--backbone", default="cnn",
+                   help="mlp, cnn (small built-ins, default cnn), module:factory, or torchvision:NAME with --weights")
+    p.add_argument("--weights", metavar="FILE", help="a state_dict for the backbone (nothing is downloaded)")
+    p.add_argument("--embedding-dim", type=_positive_int, default=128, help="embedding size (default 128)")
+    p.add_argument("--loss", choices=list(LOSSES), default="margin",
+                   help="margin (default: RetrievalGuard's recipe), multi-similarity or contrastive")
+    p.add_argument("--epochs", type=_positive_int, default=40, help="epochs, each visiting every image once (default 40)")
+    p.add_argument("--batch-size", type=_positive_int, default=112, help="images per batch (default 112)")
+    p.add_argument("--per-class", type=_positive_int, default=2, help="images of a class together in a batch (default 2)")
+    p.add_argument("--lr", type=_positive_float, default=1e-5, help="Adam's learning rate for the model (default 1e-5)")
+    p.add_argument("--loss-lr", type=_positive_float, default=5e-4,
+                   help="learning rate of the loss's parameters, the margin loss's betas (default 5e-4)")
+    p.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm layers in eval mode (Roth et al.)")
+    p.add_argument("--consistency", type=_nonneg_float, default=0.0, metavar="LAMBDA",
+                   help="weight of the spread penalty 1 - |F|^2 of the noisy copies (needs --noise-copies >= 2)")
+    p.add_argument("--noise-copies", type=_positive_int, default=1, metavar="M", help="noisy copies per image (default 1)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of weights, batches and noise (default 0)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--out", required=True, help="output folder: model.pt, train.json, checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad argument is reported in one line (exit status 2)."""
 
@@ -214,6 +262,21 @@ def build_parser() -> argparse.ArgumentParser:
                                    "points that cannot be broken; --num-samples more test it",
                            n_help="samples of each re-estimate that test a break")
     _add_attack_options(attack)
+    train = sub.add_parser("train", help="train an embedding model under the noise it will be certified with",
+                           description="Metric learning under Gaussian noise (RetrievalGuard's recipe by default), "
+                                       "optionally with consistency regularisation; writes --out/model.pt (TorchScript "
+                                       "for certify --model, carrying its sigma) and --out/train.json.")
+    _add_train_options(train)
+    compare = sub.add_parser("compare", help="certified Recall@1 of several certify folders in one plot and table",
+                             description="Reads certify results folders; writes --out/compare.png (certified Recall@1 "
+                                         "against radius, vote and soft, and each run's distribution of per-query "
+                                         "noisy Recall@1), compare.md, compare.tex, summary.json and summary.csv, "
+                                         "and prints the table.")
+    compare.add_argument("folders", nargs="+", metavar="DIR", help="certify results folders")
+    compare.add_argument("--out", required=True, help="output folder")
+    compare.add_argument("--radii", type=_radii, default=list(DEFAULT_RADII),
+                         help="radii of the table (default 0,0.05,0.1,0.25,0.5,0.75,1)")
+    compare.add_argument("--debug", action="store_true", help="show tracebacks")
     bench = sub.add_parser("bench", help="benchmarks against numpy/torch/faiss baselines, measured in the same run",
                            usage="python -m retrievalguard_fast bench [{all,kernels,certify,sequential,model-stage,data}] [options]",
                            description="Run a benchmark; options after the name go to it (e.g. bench kernels --help). "

@@ -12,13 +12,13 @@ from typing import Callable, Dict, Tuple
 import numpy as np
 
 from ..errors import InputError
-from .images import Split, image_at, image_set, need_file, parse_int, read_lines
+from .images import ImageSet, Split, image_at, image_set, need_file, parse_int, read_lines
 
 
-def sop(root: str) -> Split:
-    """Stanford Online Products: ``Ebay_test.txt`` (header ``image_id class_id super_class_id
-    path``), images under ROOT; labels are class ids; queries = gallery, leave-one-out."""
-    split = need_file(os.path.join(root, "Ebay_test.txt"), f"--dataset sop:{root}")
+def _sop_images(root: str, name: str, part: str):
+    """One of SOP's split files (``Ebay_test.txt``, ``Ebay_train.txt``: header ``image_id class_id
+    super_class_id path``), images under ROOT; labels are class ids."""
+    split = need_file(os.path.join(root, name), f"--dataset sop:{root}")
     lines = read_lines(split)
     header = ["image_id", "class_id", "super_class_id", "path"]
     if not lines or lines[0][1] != header:
@@ -30,13 +30,24 @@ def sop(root: str) -> Split:
         if len(fields) != 4:
             raise InputError(f"{where}: expected 4 fields (image_id class_id super_class_id path), got {len(fields)}")
         entries.append((image_at(root, fields[3], where), parse_int(fields[1], where, "class_id"), where))
-    images = image_set(f"sop:{root}", entries)
+    return image_set(f"sop:{root}{part}", entries)
+
+
+def sop(root: str) -> Split:
+    """Stanford Online Products: ``Ebay_test.txt``; queries = gallery, leave-one-out."""
+    images = _sop_images(root, "Ebay_test.txt", "")
     return Split(images, images, leave_one_out=True)
 
 
-def cub(root: str) -> Split:
+def sop_train(root: str) -> ImageSet:
+    """SOP's training split: ``Ebay_train.txt`` (classes 1-11318)."""
+    return _sop_images(root, "Ebay_train.txt", " (train)")
+
+
+def _cub_images(root: str, train: bool) -> ImageSet:
     """CUB-200-2011: ``images.txt`` (``image_id path``) and ``image_class_labels.txt``
-    (``image_id class_id``), images under ROOT/images; the test split is classes 101-200."""
+    (``image_id class_id``), images under ROOT/images; the DML protocol trains on classes 1-100
+    and tests on 101-200."""
     names = need_file(os.path.join(root, "images.txt"), f"--dataset cub:{root}")
     labels_file = need_file(os.path.join(root, "image_class_labels.txt"), f"--dataset cub:{root}")
     label_of: Dict[str, Tuple[int, str]] = {}
@@ -53,15 +64,24 @@ def cub(root: str) -> Split:
         if fields[0] not in label_of:
             raise InputError(f"{where}: image_id {fields[0]} has no line in {labels_file}")
         label = label_of[fields[0]][0]
-        if label >= 101:  # the DML protocol: train on classes 1-100, test on 101-200
+        if (label <= 100) == train:
             entries.append((image_at(os.path.join(root, "images"), fields[1], where), label, where))
-    images = image_set(f"cub:{root} (classes 101-200)", entries)
+    return image_set(f"cub:{root} (classes {'1-100' if train else '101-200'})", entries)
+
+
+def cub(root: str) -> Split:
+    """CUB-200-2011's test split: classes 101-200, queries = gallery, leave-one-out."""
+    images = _cub_images(root, train=False)
     return Split(images, images, leave_one_out=True)
 
 
-def cars(root: str) -> Split:
-    """CARS196: ``cars_annos.mat`` (read with scipy), images at ROOT/relative_im_path; the test
-    split is classes 99-196 (the DML protocol, not the file's own ``test`` flag)."""
+def cub_train(root: str) -> ImageSet:
+    return _cub_images(root, train=True)
+
+
+def _cars_images(root: str, train: bool) -> ImageSet:
+    """CARS196: ``cars_annos.mat`` (read with scipy), images at ROOT/relative_im_path; the DML
+    protocol trains on classes 1-98 and tests on 99-196 (not the file's own ``test`` flag)."""
     from scipy.io import loadmat
 
     mat = need_file(os.path.join(root, "cars_annos.mat"), f"--dataset cars:{root}")
@@ -76,23 +96,32 @@ def cars(root: str) -> Split:
     for k, (rel, cls) in enumerate(zip(rel_paths, classes), 1):
         where = f"{mat} annotation {k}"
         label = parse_int(str(cls), where, "class")
-        if label >= 99:
+        if (label <= 98) == train:
             entries.append((image_at(root, str(rel), where), label, where))
-    images = image_set(f"cars:{root} (classes 99-196)", entries)
+    return image_set(f"cars:{root} (classes {'1-98' if train else '99-196'})", entries)
+
+
+def cars(root: str) -> Split:
+    """CARS196's test split: classes 99-196, queries = gallery, leave-one-out."""
+    images = _cars_images(root, train=False)
     return Split(images, images, leave_one_out=True)
 
 
-def inshop(root: str) -> Split:
+def cars_train(root: str) -> ImageSet:
+    return _cars_images(root, train=True)
+
+
+def _inshop_sets(root: str) -> Dict[str, list]:
     """In-Shop Clothes Retrieval: ``list_eval_partition.txt`` (a count line, the header
-    ``image_name item_id evaluation_status``, then one line per image); its own query and
-    gallery sets; labels are the numbers of the item ids (``id_00000002`` -> 2)."""
+    ``image_name item_id evaluation_status``, then one line per image) -> the entries of each
+    status (query, gallery, train); labels are the numbers of the item ids (``id_00000002`` -> 2)."""
     split = need_file(os.path.join(root, "list_eval_partition.txt"), f"--dataset inshop:{root}")
     lines = read_lines(split)
     header = ["image_name", "item_id", "evaluation_status"]
     if len(lines) < 2 or lines[1][1] != header:
         got = " ".join(lines[1][1]) if len(lines) >= 2 else "nothing"
         raise InputError(f"{split} line 2: expected the header {' '.join(header)!r} (after a count line), got {got!r}")
-    sets: Dict[str, list] = {"query": [], "gallery": []}
+    sets: Dict[str, list] = {"query": [], "gallery": [], "train": []}
     for k, fields in lines[2:]:
         where = f"{split} line {k}"
         if len(fields) != 3:
@@ -100,25 +129,37 @@ def inshop(root: str) -> Split:
         if fields[2] in sets:
             item = fields[1][3:] if fields[1].startswith("id_") else fields[1]
             sets[fields[2]].append((image_at(root, fields[0], where), parse_int(item, where, "item_id's number"), where))
+    return sets
+
+
+def inshop(root: str) -> Split:
+    """In-Shop's own query and gallery sets."""
+    sets = _inshop_sets(root)
     return Split(image_set(f"inshop:{root} (query)", sets["query"]),
                  image_set(f"inshop:{root} (gallery)", sets["gallery"]), leave_one_out=False)
 
 
+def inshop_train(root: str) -> ImageSet:
+    return image_set(f"inshop:{root} (train)", _inshop_sets(root)["train"])
+
+
 @dataclass(frozen=True)
 class Layout:
-    """One benchmark layout: its ``--dataset`` name, what it is, and its parser."""
+    """One benchmark layout: its ``--dataset`` name, what it is, and its parsers: the evaluation
+    split (certify, attack) and the training split (train)."""
 
     name: str
     title: str
     parse: Callable[[str], Split]
+    train: Callable[[str], ImageSet]
 
 
 #: The benchmark layouts ``--dataset NAME:ROOT`` reads, in help order.
 LAYOUTS: Dict[str, Layout] = {layout.name: layout for layout in (
-    Layout("sop", "Stanford Online Products", sop),
-    Layout("cub", "CUB-200-2011", cub),
-    Layout("cars", "CARS196", cars),
-    Layout("inshop", "In-Shop", inshop),
+    Layout("sop", "Stanford Online Products", sop, sop_train),
+    Layout("cub", "CUB-200-2011", cub, cub_train),
+    Layout("cars", "CARS196", cars, cars_train),
+    Layout("inshop", "In-Shop", inshop, inshop_train),
 )}
 BENCHMARKS = tuple(LAYOUTS)
 
@@ -128,11 +169,23 @@ def layouts_help() -> str:
     return ", ".join(f"{name}:ROOT ({layout.title})" for name, layout in LAYOUTS.items())
 
 
-def benchmark(spec: str) -> Split:
-    """``NAME:ROOT`` (a name of :data:`LAYOUTS`) -> its evaluation split."""
+def _layout(spec: str) -> Tuple[Layout, str]:
     name, _, root = spec.partition(":")
     if name not in LAYOUTS or not root:
         raise InputError(f"--dataset {spec}: expected NAME:ROOT with NAME one of {', '.join(BENCHMARKS)}")
     if not os.path.isdir(root):
         raise InputError(f"--dataset {spec}: {root} is not a folder")
-    return LAYOUTS[name].parse(root)
+    return LAYOUTS[name], root
+
+
+def benchmark(spec: str) -> Split:
+    """``NAME:ROOT`` (a name of :data:`LAYOUTS`) -> its evaluation split."""
+    layout, root = _layout(spec)
+    return layout.parse(root)
+
+
+def benchmark_train(spec: str) -> ImageSet:
+    """``NAME:ROOT`` -> its training split (SOP Ebay_train.txt, CUB classes 1-100, CARS196 1-98,
+    In-Shop train)."""
+    layout, root = _layout(spec)
+    return layout.train(root)

@@ -106,7 +106,15 @@ def certify_step(ev: Evidence, g: Gallery, sigma: float, schedule: Schedule,
         vote_n=ev.n, vote_pA_lower=p_lower, vote_radius=r_vote,
         soft_prediction=predicted if radii.gaussian > 0 else ABSTAIN,
         soft_gaussian_radius=_finite_or_none(radii.gaussian), soft_lipschitz_radius=_finite_or_none(radii.lipschitz),
-        soft_deviation=t, soft_recall_at_k=_recall_at_k(at_label, ks), samples=samples, mode=schedule.mode)
+        soft_deviation=t, soft_recall_at_k=_recall_at_k(at_label, ks), samples=samples, mode=schedule.mode,
+        label_count=_label_count(ev), soft_mean_norm=norm)
+
+
+def _label_count(ev: Evidence) -> Optional[int]:
+    """The fresh votes for the true label (0 for a label no gallery row has)."""
+    if ev.label is None:
+        return None
+    return int(ev.votes[ev.label]) if 0 <= ev.label < len(ev.votes) else 0
 
 
 def _recall_at_k(at_label: Optional[SoftRadii], ks: Sequence[int]) -> Dict[int, Dict[str, Optional[float]]]:

@@ -14,7 +14,10 @@ from .sequential import FIXED
 #: Version of the record format (the fields of :class:`QueryCertificate` and their meaning).
 #: run.json records it as ``record_format``; a folder without it is of format 1 (the format
 #: before the number was written). Bump it with any change to a field's name or meaning.
-RECORD_FORMAT = 1
+#: Format 2 added ``label_count`` (the true label's fresh votes: the query's noisy Recall@1 is
+#: ``label_count / vote_n``) and ``soft_mean_norm`` (``|F_hat|``); a folder of format 1 is not
+#: resumed into format 2 (its records lack them), but every reader takes records of both.
+RECORD_FORMAT = 2
 
 #: The prediction of an abstention (its radius is None).
 ABSTAIN = -1
@@ -92,6 +95,8 @@ class QueryCertificate:
     samples: int = 0  # noisy samples drawn for this query (n0 + vote_n)
     seconds: float = 0.0
     mode: str = FIXED  # "fixed-n" or "sequential" (bounds at alpha / number of checkpoints)
+    label_count: Optional[int] = None  # fresh votes for the true label, out of vote_n (None: no label; format 2)
+    soft_mean_norm: Optional[float] = None  # |F_hat|, the norm of the mean noisy embedding (format 2)
 
     def to_dict(self) -> dict:
         d = asdict(self)
