@@ -41,3 +41,33 @@ def test_two_ranks_keep_identical_weights_after_every_step(tmp_path):
     assert code != 0
     assert "error: rank 0: --out" in err and "other parameters (epochs differ)" in err
     assert "error: rank 1: rank 0 stopped the run: --out" in err
+
+
+def test_a_rank_started_with_another_sigma_stops_the_group_before_any_step(tmp_path):
+    """Two launchers (nodes) whose ranks differ in --sigma are not one training run: the rank that
+    differs names the parameter with both values, rank 0 names the rank, and nothing is trained
+    or written: --out is not created."""
+    from retrievalguard_fast.demo import load_digits_split
+
+    from runs.test_distributed import _free_port
+
+    d = load_digits_split()
+    keep = np.arange(0, len(d.gallery_y), 8)
+    np.savez(tmp_path / "train.npz", x=d.gallery_x[keep], labels=d.gallery_y[keep])
+    out, digests = tmp_path / "out", tmp_path / "digests"
+    endpoint = f"127.0.0.1:{_free_port()}"
+    launched = []
+    for node, sigma in enumerate(["0.25", "0.5"]):
+        args = ["train", "--data", str(tmp_path / "train.npz"), "--sigma", sigma, "--backbone", "mlp",
+                "--embedding-dim", "8", "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--quiet",
+                "--out", str(out)]
+        launched.append(_torchrun(["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+                                   f"--rdzv-endpoint={endpoint}", "--rdzv-id=trainsigma", f"--node-rank={node}"],
+                                  args, tmp_path, env=dict(cli_env(), **{STEP_DIGESTS: str(digests)})))
+    results = [_finish(proc, timeout=120) for proc in launched]
+    assert all(code != 0 for code, _, _ in results), results
+    err0, err1 = results[0][2], results[1][2]
+    assert "error: rank 1: started with other run parameters than rank 0 (sigma 0.5 here, 0.25 on rank 0)" in err1, err1
+    assert "error: rank 0: rank 1 was started with other run parameters than rank 0 (sigma differ)" in err0, err0
+    assert not list(tmp_path.glob("digests.rank*"))  # no step was taken
+    assert not out.exists()  # checked before rank 0 opens --out

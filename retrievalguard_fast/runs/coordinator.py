@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import InputError
 from .distributed import Group, GroupStopped, launched
-from .folder import RunFolder
+from .folder import RunFolder, differing_parameters
 from .progress import Progress
 
 T = TypeVar("T")
@@ -159,9 +159,9 @@ class GroupCoordinator:
 def check_same_parameters(rank: int, ours: dict, leaders: dict) -> None:
     """Raise an InputError naming each parameter in which this rank's run (``ours``) differs from
     rank 0's, with both values: one run, one set of parameters, whatever node a rank is on."""
-    ours = json.loads(json.dumps(ours, sort_keys=True))  # the form rank 0 published (lists, not tuples)
-    differ = sorted(k for k in set(ours) | set(leaders) if ours.get(k) != leaders.get(k))
+    differ = differing_parameters(ours, leaders)
     if differ:
+        ours = json.loads(json.dumps(ours))  # the form rank 0 published (lists, not tuples)
         shown = "; ".join(f"{k} {_short(ours.get(k))} here, {_short(leaders.get(k))} on rank 0" for k in differ)
         raise InputError(f"started with other run parameters than rank 0 ({shown}); start every "
                          "rank of a run with the same options and inputs")

@@ -111,10 +111,7 @@ class RunFolder:
                 raise InputError(f"{{out}} {self.out} holds records of format {theirs}, this version writes format "
                                  f"{ours}; choose a new {{out}} (or use the version that wrote them)", out=OUT)
             previous.setdefault(FORMAT_KEY, 1)
-            if previous != params:
-                changed = sorted(k for k in set(previous) | set(params) if previous.get(k) != params.get(k))
-                raise InputError(f"{{out}} {self.out} holds results of a run with other parameters ({', '.join(changed)} "
-                                 "differ); choose a new {out} or delete that folder", out=OUT)
+            refuse_other_parameters(self.out, "results of a run", previous, params)
             if not resume:
                 raise InputError(f"{{out}} {self.out} already holds results of this run; pass {{resume}} to continue "
                                  "it or choose a new {out}", out=OUT, resume=RESUME)
@@ -188,6 +185,22 @@ class RunFolder:
         record = cert if isinstance(cert, dict) else cert.to_dict()
         self._appender.write_line(json.dumps(record))
         return record
+
+
+def differing_parameters(a: dict, b: dict) -> List[str]:
+    """The keys, sorted, whose values differ between two parameter records, compared in their JSON
+    form (a tuple equals the list it is written as)."""
+    a, b = json.loads(json.dumps(a)), json.loads(json.dumps(b))
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def refuse_other_parameters(out: str, holds: str, recorded: dict, params: dict) -> None:
+    """Raise the InputError naming ``--out`` and each differing key when the parameters a folder
+    recorded are not this run's: ``holds`` says what the folder holds ("results of a run")."""
+    differ = differing_parameters(recorded, params)
+    if differ:
+        raise InputError(f"{{out}} {out} holds {holds} with other parameters ({', '.join(differ)} differ); choose a "
+                         "new {out} or delete that folder", out=OUT)
 
 
 def _rank_files(out: str) -> List[str]:

@@ -112,6 +112,26 @@ class DataParallel:
             if shared[0] is not None:
                 raise InputError(f"rank 0 stopped the run: {shared[0]}")
 
+    def check_same_parameters(self, params: dict) -> None:
+        """One run, one record: every rank's parameters (options, data and backbone identity) must
+        be rank 0's, which train.json records. A rank that differs stops every rank, before any
+        step, with one line naming each parameter (its own with both values)."""
+        if self.dist is None:
+            return
+        from ..errors import InputError
+        from ..runs.coordinator import check_same_parameters
+        from ..runs.folder import differing_parameters
+
+        gathered: List[Optional[dict]] = [None] * self.world
+        self.dist.all_gather_object(gathered, params)
+        if differing_parameters(gathered[self.rank], gathered[0]):
+            check_same_parameters(self.rank, gathered[self.rank], gathered[0])  # raises, with both values
+        for rank in range(1, self.world):
+            differ = differing_parameters(gathered[rank], gathered[0])
+            if differ:
+                raise InputError(f"rank {rank} was started with other run parameters than rank 0 ({', '.join(differ)} "
+                                 "differ); start every rank of a run with the same options and inputs")
+
     def after_step(self, modules) -> None:
         """The test hook :data:`STEP_DIGESTS`: this rank's weights after the step."""
         path = os.environ.get(STEP_DIGESTS)

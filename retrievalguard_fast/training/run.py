@@ -34,6 +34,7 @@ from ..durable import atomic_write
 from ..errors import OUT, RESUME, InputError
 from ..kernels import nn_search
 from ..runs import RunFolder
+from ..runs.folder import refuse_other_parameters
 from .config import TrainConfig
 from .model import build_embedder, export_torchscript
 from .objective import Objective, noisy_copies
@@ -122,6 +123,7 @@ def train_to_folder(out: str, data, config: TrainConfig, *, val=None, device="cp
         from ..data import file_digest
 
         params["weights_sha256"] = file_digest(config.weights)
+    parallel.check_same_parameters(params)
     optimizers = [torch.optim.Adam(model.parameters(), lr=config.lr)]
     if list(objective.parameters()):
         optimizers.append(torch.optim.Adam(objective.parameters(), lr=config.loss_lr))
@@ -136,11 +138,8 @@ def train_to_folder(out: str, data, config: TrainConfig, *, val=None, device="cp
             folder = RunFolder(out)
             previous = _read_json(json_path)
             if previous is not None or os.path.exists(ckpt_path):
-                ours, theirs = json.loads(json.dumps(params)), (previous or {}).get("parameters") or {}
-                if previous is not None and theirs != ours:
-                    differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-                    raise InputError(f"{{out}} {out} holds a training run with other parameters ({', '.join(differ)} "
-                                     "differ); choose a new {out} or delete that folder", out=OUT)
+                if previous is not None:
+                    refuse_other_parameters(out, "a training run", previous.get("parameters") or {}, params)
                 if not resume:
                     raise InputError(f"{{out}} {out} already holds this training run; pass {{resume}} to continue it "
                                      "or choose a new {out}", out=OUT, resume=RESUME)
