@@ -293,7 +293,7 @@ def test_attack_records_resume_and_the_soundness_alarm(files, tmp_path, capsys):
         "--gallery", str(files / "gallery_x.npz"), "--sigma", "0.25", "--n", "2000", "--out", str(cert), cwd=tmp_path)
     out = tmp_path / "attack"
     proc = cli(*_attack_args(files, out, "--certified", str(cert)), cwd=tmp_path)
-    assert "vote, attack (upper)" in proc.stdout and "soft, certified (Gaussian)" in proc.stdout
+    assert "vote, attack (upper)" in proc.stdout and "soft, Gaussian, certified" in proc.stdout and "vote (Cohen), certified" in proc.stdout
     assert "soundness: 0 certified queries broken" in proc.stdout
     records = read_results(out)
     assert sorted(r["index"] for r in records) == [0, 1, 2]

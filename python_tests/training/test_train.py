@@ -256,7 +256,7 @@ def test_each_loss_trains_and_exports_normalised_embeddings(loss, tmp_path, caps
 
 
 def test_frozen_batchnorm_keeps_its_running_statistics():
-    from retrievalguard_fast.training.run import _set_train_mode
+    from retrievalguard_fast.training.tasks import set_train_mode as _set_train_mode
 
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
     before = model[1].running_mean.clone()

@@ -13,9 +13,9 @@ PLOT = "attack_vs_certified.png"
 MODEL_STYLES = {"vote": ("vote", "C0"), "soft": ("soft", "C1"), "base": ("base (no noise)", "C2")}
 
 
-def _cert_key(model: str):
-    cert = ATTACKED_CERTIFICATES.get(model)
-    return None if cert is None else cert.key
+def _certificate(model: str):
+    """The registered certificate the attack on ``model`` tests (None for the base model)."""
+    return ATTACKED_CERTIFICATES.get(model)
 
 
 def budget_text(p: dict) -> str:
@@ -51,13 +51,13 @@ def plot_attack(summary: dict, path: str) -> None:
     cert = summary.get("certified")
     top = summary["radii"][-1] * 1.05 or 0.1
     for model, (name, color) in MODEL_STYLES.items():
-        cert_key = _cert_key(model)
+        certificate = _certificate(model)
         if model not in summary["empirical_robust_recall_at_1"]:
             continue
-        if cert is not None and cert_key is not None:
+        if cert is not None and certificate is not None:
             curve = cert["certified_recall_curve"]
-            ax.plot(curve["radius"], curve[cert_key], color=color, lw=2,
-                    label=f"{name}: certified ({'Gaussian bound' if cert_key == 'gaussian' else 'Cohen'}), lower")
+            ax.plot(curve["radius"], curve[certificate.key], color=color, lw=2,
+                    label=f"{name}: certified ({certificate.plot_label}), lower")
         emp = summary["empirical_robust_recall_at_1"][model]
         rs, vs = [float(r) for r in emp], list(emp.values())
         ax.plot(rs + [top], vs + [vs[-1]], color=color, lw=1.5, ls="--", drawstyle="steps-post",
@@ -87,12 +87,12 @@ def print_attack_table(summary: dict, color: bool = False) -> None:
     print(f"  {'model':<30}{head}")
     cert = summary.get("certified")
     for model, (name, _) in MODEL_STYLES.items():
-        cert_key = _cert_key(model)
+        certificate = _certificate(model)
         if model not in summary["empirical_robust_recall_at_1"]:
             continue
-        if cert is not None and cert_key is not None:
-            vals = cert["certified_recall_at_1"][cert_key]
-            label = f"{name}, certified" + (" (Gaussian)" if cert_key == "gaussian" else "")
+        if cert is not None and certificate is not None:
+            vals = cert["certified_recall_at_1"][certificate.key]
+            label = f"{certificate.table_label}, certified"
             print(f"  {label:<30}" + "".join(f"{vals[str(float(r))]:>9.3f}" for r in radii))
         vals = summary["empirical_robust_recall_at_1"][model]
         print(f"  {name + ', attack (upper)':<30}" + "".join(f"{vals[str(float(r))]:>9.3f}" for r in radii))

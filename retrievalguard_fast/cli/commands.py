@@ -43,12 +43,20 @@ def load_checked_model(args):
 
     encoder, model_id = load_model(args.model)
     trained = training_sigma(args.model, encoder)
-    check_training_sigma(trained, args.sigma, args.allow_sigma_mismatch, args.model)
     # Recorded only when known or given, so run.json of a plain model is what it always was.
     identity = {"model": model_id, **({} if trained is None else {"model_training_sigma": trained})}
     if args.denoiser is None:
+        check_training_sigma(trained, args.sigma, args.allow_sigma_mismatch, args.model)
         return encoder, encoder, identity
     denoiser, denoiser_id = load_model(args.denoiser, "--denoiser")
+    # The noise meets the denoiser, not the encoder (typically trained on clean images): the
+    # denoiser's training sigma is the one checked when it records one; else the encoder's.
+    denoiser_trained = training_sigma(args.denoiser, denoiser, what="--denoiser")
+    if denoiser_trained is None:
+        check_training_sigma(trained, args.sigma, args.allow_sigma_mismatch, args.model)
+    else:
+        check_training_sigma(denoiser_trained, args.sigma, args.allow_sigma_mismatch, args.denoiser, what="denoiser")
+        identity["denoiser_training_sigma"] = denoiser_trained
     return encoder, with_denoiser(denoiser, encoder), {**identity, "denoiser": denoiser_id}
 
 
@@ -137,26 +145,42 @@ def attack(args) -> int:
     return 1 if summary.get("certified", {}).get("alarm", {}).get("broken_inside_radius") else 0
 
 
+#: The embedding model's options of ``train`` and their defaults (argparse leaves them None, so a
+#: denoiser run can tell that one was given and refuse it).
+TRAIN_DEFAULTS = {"embedding_dim": 128, "loss": "margin", "per_class": 2, "loss_lr": 5e-4, "consistency": 0.0,
+                  "noise_copies": 1}
+
+
 def train(args) -> int:
     from ..data import load_train_data, load_validation_data, resolve_device
     from ..data.run_data import default_workers
     from ..training import TrainConfig, train_to_folder
+    from ..training.denoiser import DEFAULT_ARCHITECTURE
 
+    embedding = {k: getattr(args, k) for k in TRAIN_DEFAULTS}
+    if args.denoiser_objective is not None:
+        given = [k for k, v in embedding.items() if v is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise InputError(f"{flag}: a setting of an embedding model's training; a --denoiser-objective run trains a "
+                             "denoiser for the frozen --encoder and takes none of "
+                             + ", ".join("--" + k.replace("_", "-") for k in TRAIN_DEFAULTS))
+    embedding = {k: TRAIN_DEFAULTS[k] if v is None else v for k, v in embedding.items()}
+    backbone = args.backbone or (DEFAULT_ARCHITECTURE if args.denoiser_objective else "cnn")
     workers = default_workers() if args.workers is None else args.workers
-    config = TrainConfig(sigma=args.sigma, backbone=args.backbone, weights=args.weights,
-                         embedding_dim=args.embedding_dim, loss=args.loss, epochs=args.epochs,
-                         batch_size=args.batch_size, per_class=args.per_class, lr=args.lr, loss_lr=args.loss_lr,
-                         freeze_bn=args.freeze_bn, consistency=args.consistency, noise_copies=args.noise_copies,
-                         seed=args.seed)
+    config = TrainConfig(sigma=args.sigma, backbone=backbone, weights=args.weights, epochs=args.epochs,
+                         batch_size=args.batch_size, lr=args.lr, freeze_bn=args.freeze_bn, seed=args.seed,
+                         denoiser_objective=args.denoiser_objective, encoder=args.encoder, **embedding)
     data = load_train_data(data=args.data, dataset=args.dataset, resize=args.resize, crop=args.crop, workers=workers)
     val = load_validation_data(val=args.val, dataset=args.dataset, resize=args.resize, crop=args.crop, workers=workers)
     record = train_to_folder(args.out, data, config, val=val, device=resolve_device(args.device), resume=args.resume,
                              quiet=args.quiet)
     if record is not None:
         last = record["history"][-1] if record["history"] else {}
-        print(f"trained {len(record['history'])} epochs at sigma {args.sigma:g}: loss {last.get('loss', float('nan')):.4f}, "
-              f"clean Recall@1 {last.get('recall_at_1', float('nan')):.3f}; wrote {os.path.join(args.out, 'model.pt')} "
-              "and train.json")
+        shown = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in last.items() if k not in ("epoch", "seconds"))
+        what = f"a denoiser for {args.encoder}" if args.denoiser_objective else "an embedding model"
+        print(f"trained {what}, {len(record['history'])} epochs at sigma {args.sigma:g}: {shown}; wrote "
+              f"{os.path.join(args.out, record['output'])} and train.json")
     return 0
 
 

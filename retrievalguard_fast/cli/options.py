@@ -117,7 +117,7 @@ def _add_model_option(p: argparse.ArgumentParser) -> None:
                    help="a model (TorchScript file or module:factory) applied to each noisy sample before --model "
                         "(denoised smoothing): the certificate is for the composite; run.json records its identity")
     p.add_argument("--allow-sigma-mismatch", action="store_true",
-                   help="smooth a model at another --sigma than the one it records it was trained at (train's "
+                   help="smooth a model (or --denoiser) at another --sigma than the one it records it was trained at (train's "
                         "model.pt, a factory module's training_sigma)")
 
 
@@ -194,7 +194,7 @@ _nonneg_float = _number(float, lambda v: math.isfinite(v) and v >= 0, "a finite 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     """``train``: the data (the sources certify reads), the model, the recipe, the run folder."""
-    from ..training import LOSSES
+    from ..training import LOSSES, OBJECTIVES
 
     p.add_argument("--data", help="training images: .npz with x (N, *input_shape) and labels (N,), folder:DIR (one "
                                   "subfolder per class) or list:FILE (CSV path,label)")
@@ -207,25 +207,36 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_count, default=None, help="images: DataLoader workers (default: cores, at most 8)")
     p.add_argument("--sigma", type=_nonneg_float, required=True,
                    help="Gaussian noise in [0, 1] pixel units, as certify's --sigma (0: no noise)")
-    p.add_argument("--backbone", default="cnn",
-                   help="mlp, cnn (small built-ins, default cnn), module:factory, or torchvision:NAME with --weights")
+    # Defaults of None are filled in by the command (commands.TRAIN_DEFAULTS): a denoiser run
+    # refuses the embedding model's options instead of ignoring them.
+    p.add_argument("--backbone", default=None,
+                   help="mlp, cnn (small built-ins, default cnn), module:factory, or torchvision:NAME with --weights; "
+                        "with --denoiser-objective the denoiser: dncnn (default; 17 layers of 64 channels), "
+                        "dncnn-DxW (D layers of W channels) or module:factory")
     p.add_argument("--weights", metavar="FILE", help="a state_dict for the backbone (nothing is downloaded)")
-    p.add_argument("--embedding-dim", type=_positive_int, default=128, help="embedding size (default 128)")
-    p.add_argument("--loss", choices=list(LOSSES), default="margin",
+    p.add_argument("--embedding-dim", type=_positive_int, default=None, help="embedding size (default 128)")
+    p.add_argument("--loss", choices=list(LOSSES), default=None,
                    help="margin (default: RetrievalGuard's recipe), multi-similarity or contrastive")
     p.add_argument("--epochs", type=_positive_int, default=40, help="epochs, each visiting every image once (default 40)")
     p.add_argument("--batch-size", type=_positive_int, default=112, help="images per batch (default 112)")
-    p.add_argument("--per-class", type=_positive_int, default=2, help="images of a class together in a batch (default 2)")
+    p.add_argument("--per-class", type=_positive_int, default=None, help="images of a class together in a batch (default 2)")
     p.add_argument("--lr", type=_positive_float, default=1e-5, help="Adam's learning rate for the model (default 1e-5)")
-    p.add_argument("--loss-lr", type=_positive_float, default=5e-4,
+    p.add_argument("--loss-lr", type=_positive_float, default=None,
                    help="learning rate of the loss's parameters, the margin loss's betas (default 5e-4)")
     p.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm layers in eval mode (Roth et al.)")
-    p.add_argument("--consistency", type=_nonneg_float, default=0.0, metavar="LAMBDA",
+    p.add_argument("--consistency", type=_nonneg_float, default=None, metavar="LAMBDA",
                    help="weight of the spread penalty 1 - |F|^2 of the noisy copies (needs --noise-copies >= 2)")
-    p.add_argument("--noise-copies", type=_positive_int, default=1, metavar="M", help="noisy copies per image (default 1)")
+    p.add_argument("--noise-copies", type=_positive_int, default=None, metavar="M", help="noisy copies per image (default 1)")
+    p.add_argument("--denoiser-objective", choices=list(OBJECTIVES), default=None,
+                   help="train a denoiser for --encoder instead of an embedding model (Salman et al.'s stability "
+                        "objective on embeddings; no labels used but for validation); writes --out/denoiser.pt for "
+                        "certify --denoiser")
+    p.add_argument("--encoder", metavar="MODEL", default=None,
+                   help="with --denoiser-objective: the frozen embedding model (TorchScript file or module:factory, "
+                        "as certify --model)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of weights, batches and noise (default 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--out", required=True, help="output folder: model.pt, train.json, checkpoint.pt")
+    p.add_argument("--out", required=True, help="output folder: model.pt (or denoiser.pt), train.json, checkpoint.pt")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--debug", action="store_true", help="show tracebacks")

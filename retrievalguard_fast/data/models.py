@@ -79,7 +79,7 @@ def load_model(spec: str, what: str = "--model"):
     return model, f"factory:{spec}:sha256:{module_digest(model)}"
 
 
-def training_sigma(spec: str, model) -> Optional[float]:
+def training_sigma(spec: str, model, what: str = "--model") -> Optional[float]:
     """The sigma ``model`` was trained at, if it says: a TorchScript file written by ``train``
     carries it in its extra file :data:`TRAINING_EXTRA_FILE` (read from the archive directly,
     without loading the model again); a factory's module may carry it as ``training_sigma``."""
@@ -93,10 +93,10 @@ def training_sigma(spec: str, model) -> Optional[float]:
                 return None
             return float(json.loads(archive.read(name))["sigma"])
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError) as exc:
-        raise InputError(f"--model {spec}: its training record {TRAINING_EXTRA_FILE} is unreadable ({exc})") from None
+        raise InputError(f"{what} {spec}: its training record {TRAINING_EXTRA_FILE} is unreadable ({exc})") from None
 
 
-def check_training_sigma(trained: Optional[float], sigma: float, allow: bool, spec: str) -> None:
+def check_training_sigma(trained: Optional[float], sigma: float, allow: bool, spec: str, what: str = "model") -> None:
     """Certifying at another sigma than the model was trained at certifies almost nothing (Cohen
     et al.'s ImageNet ResNet-50 trained at 0.25 and certified at 0.5: 0.8% of images at radius 0,
     against 57.2% trained at 0.5): refused unless ``allow`` (``--allow-sigma-mismatch``)."""
@@ -104,7 +104,7 @@ def check_training_sigma(trained: Optional[float], sigma: float, allow: bool, sp
 
     if trained is None or allow or np.float32(trained) == np.float32(sigma):
         return
-    raise InputError(f"--sigma {sigma:g}: the model {spec} was trained at sigma {trained:g}; use --sigma {trained:g}, "
+    raise InputError(f"--sigma {sigma:g}: the {what} {spec} was trained at sigma {trained:g}; use --sigma {trained:g}, "
                      "or pass --allow-sigma-mismatch to smooth it at another sigma anyway")
 
 
