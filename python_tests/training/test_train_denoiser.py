@@ -147,6 +147,8 @@ def test_a_denoiser_run_resumes_after_sigkill_with_the_weights_of_an_uninterrupt
      "the denoiser returns (2, 4, 2) for images of shape (2, 1, 8, 8)"),
     (["--denoiser-objective", "stability", "--encoder", ENCODER, "--backbone", "dncnn-1x8"],
      "--backbone dncnn-1x8: a DnCNN needs at least 2 layers"),
+    (["--denoiser-objective", "stability", "--encoder", ENCODER, "--backbone", "dncnn-3x8", "--weights", "missing.pt"],
+     "--weights missing.pt: no such file"),
 ])
 def test_bad_denoiser_input_is_one_line_naming_the_argument(digits_npz, tmp_path, capsys, extra, expected):  # noqa: F811
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # train_backbones

@@ -142,7 +142,9 @@ def plot(comparison: dict, target) -> None:
     for k, box in enumerate(parts["boxes"]):
         box.set_facecolor(f"C{k % 10}")
         box.set_alpha(0.5)
-    right.set_xticks(range(1, len(names) + 1), names, rotation=20, fontsize=7)
+    # Rotated and right-aligned so that long folder names of many runs do not overlap.
+    right.set_xticks(range(1, len(names) + 1), names, rotation=35 if len(names) > 4 else 20, ha="right",
+                     rotation_mode="anchor", fontsize=7)
     right.set_ylim(-0.02, 1.02)
     right.set_ylabel("noisy Recall@1 per query")
     right.set_title("fraction of noisy samples retrieving the true label", fontsize=9)

@@ -25,7 +25,7 @@ import torch
 
 from ..data.models import TRAINING_EXTRA_FILE
 from ..errors import InputError
-from .model import BACKBONE, build_backbone
+from .model import BACKBONE, build_backbone, load_weights
 
 OBJECTIVES = ("stability",)
 DEFAULT_ARCHITECTURE = "dncnn"
@@ -64,7 +64,7 @@ def build_denoiser(spec: str, weights: Optional[str], example: torch.Tensor) -> 
                              f"images have shape {tuple(example.shape[1:])}", backbone=BACKBONE)
         model = DnCNN(int(example.shape[1]), depth, width)
         if weights is not None:
-            _load_weights(model, weights, spec)
+            load_weights(model, weights, spec)
     else:
         model = build_backbone(spec, weights)
     try:
@@ -79,18 +79,6 @@ def build_denoiser(spec: str, weights: Optional[str], example: torch.Tensor) -> 
         raise InputError(f"{{backbone}} {spec}: the denoiser returns {got} for images of shape {tuple(example.shape)}; "
                          "a denoiser must return images of the shape it is given", backbone=BACKBONE)
     return model
-
-
-def _load_weights(model: torch.nn.Module, weights: str, spec: str) -> None:
-    from .model import WEIGHTS
-
-    try:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    except FileNotFoundError:
-        raise InputError(f"{{weights}} {weights}: no such file", weights=WEIGHTS) from None
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{{weights}} {weights}: does not load into {{backbone}} {spec} ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:160]})", weights=WEIGHTS, backbone=BACKBONE) from None
 
 
 def unit(e: torch.Tensor) -> torch.Tensor:

@@ -96,14 +96,19 @@ def build_backbone(spec: str, weights: Optional[str] = None) -> torch.nn.Module:
         raise InputError(f"{{backbone}} {spec}: expected {', '.join(BUILT_IN)}, module:factory or torchvision:NAME",
                          backbone=BACKBONE)
     if weights is not None:
-        if not os.path.isfile(weights):
-            raise InputError(f"{{weights}} {weights}: no such file", weights=WEIGHTS)
-        try:
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        except Exception as exc:  # noqa: BLE001
-            raise InputError(f"{{weights}} {weights}: does not load into {{backbone}} {spec} ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:160]})", weights=WEIGHTS, backbone=BACKBONE) from None
+        load_weights(model, weights, spec)
     return model
+
+
+def load_weights(model: torch.nn.Module, weights: str, spec: str) -> None:
+    """``--weights FILE`` (a state_dict) into the model ``--backbone spec`` built; one line if not."""
+    if not os.path.isfile(weights):
+        raise InputError(f"{{weights}} {weights}: no such file", weights=WEIGHTS)
+    try:
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{{weights}} {weights}: does not load into {{backbone}} {spec} ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:160]})", weights=WEIGHTS, backbone=BACKBONE) from None
 
 
 def build_embedder(spec: str, weights: Optional[str], example: torch.Tensor, dim: int) -> Tuple[Embedder, int]:

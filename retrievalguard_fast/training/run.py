@@ -87,8 +87,9 @@ def train_to_folder(out: str, data, config: TrainConfig, *, val=None, device="cp
     (an embedding model, or with ``denoiser_objective`` a denoiser for ``config.encoder``) and
     return train.json's content (None on the ranks other than 0 of a torchrun group). ``val``:
     the images validated after each epoch (the task's Recall@1, leave-one-out; default: the
-    training images themselves). Bad input raises :class:`~..errors.InputError` before ``out`` is created or
-    changed; a folder of another run, or in use, before anything in it changes but its lock."""
+    training images themselves). Bad input raises :class:`~..errors.InputError` before ``out``
+    is created or changed; a folder of another run, or in use, before anything in it changes but
+    its lock."""
     device = torch.device(device)
     parallel = DataParallel.for_this_process(device)
     if device.type == "cuda" and parallel.world > 1:  # one GPU per rank
