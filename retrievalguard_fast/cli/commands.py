@@ -145,27 +145,27 @@ def attack(args) -> int:
     return 1 if summary.get("certified", {}).get("alarm", {}).get("broken_inside_radius") else 0
 
 
-#: The embedding model's options of ``train`` and their defaults (argparse leaves them None, so a
-#: denoiser run can tell that one was given and refuse it).
-TRAIN_DEFAULTS = {"embedding_dim": 128, "loss": "margin", "per_class": 2, "loss_lr": 5e-4, "consistency": 0.0,
-                  "noise_copies": 1}
-
-
 def train(args) -> int:
+    import dataclasses
+
     from ..data import load_train_data, load_validation_data, resolve_device
     from ..data.run_data import default_workers
     from ..training import TrainConfig, train_to_folder
+    from ..training.config import EMBEDDING_ONLY
     from ..training.denoiser import DEFAULT_ARCHITECTURE
 
-    embedding = {k: getattr(args, k) for k in TRAIN_DEFAULTS}
+    # The embedding model's options are None unless given (argparse), so that a denoiser run can
+    # refuse them rather than ignore them; their defaults are TrainConfig's.
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in EMBEDDING_ONLY}
+    embedding = {k: getattr(args, k) for k in defaults}
     if args.denoiser_objective is not None:
         given = [k for k, v in embedding.items() if v is not None]
         if given:
             flag = "--" + given[0].replace("_", "-")
             raise InputError(f"{flag}: a setting of an embedding model's training; a --denoiser-objective run trains a "
                              "denoiser for the frozen --encoder and takes none of "
-                             + ", ".join("--" + k.replace("_", "-") for k in TRAIN_DEFAULTS))
-    embedding = {k: TRAIN_DEFAULTS[k] if v is None else v for k, v in embedding.items()}
+                             + ", ".join("--" + k.replace("_", "-") for k in defaults))
+    embedding = {k: defaults[k] if v is None else v for k, v in embedding.items()}
     backbone = args.backbone or (DEFAULT_ARCHITECTURE if args.denoiser_objective else "cnn")
     workers = default_workers() if args.workers is None else args.workers
     config = TrainConfig(sigma=args.sigma, backbone=backbone, weights=args.weights, epochs=args.epochs,

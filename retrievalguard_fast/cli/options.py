@@ -207,8 +207,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_count, default=None, help="images: DataLoader workers (default: cores, at most 8)")
     p.add_argument("--sigma", type=_nonneg_float, required=True,
                    help="Gaussian noise in [0, 1] pixel units, as certify's --sigma (0: no noise)")
-    # Defaults of None are filled in by the command (commands.TRAIN_DEFAULTS): a denoiser run
-    # refuses the embedding model's options instead of ignoring them.
+    # Defaults of None are filled in by the command (commands.train, TrainConfig's defaults): a
+    # denoiser run refuses the embedding model's options instead of ignoring them.
     p.add_argument("--backbone", default=None,
                    help="mlp, cnn (small built-ins, default cnn), module:factory, or torchvision:NAME with --weights; "
                         "with --denoiser-objective the denoiser: dncnn (default; 17 layers of 64 channels), "

@@ -65,12 +65,14 @@ class TrainConfig:
             raise InputError(f"{{consistency}} {self.consistency}: must be >= 0", consistency=Term("consistency", "--consistency"))
 
     def to_dict(self) -> dict:
-        """Every setting the run uses (train.json's parameters)."""
+        """Every setting the run uses (train.json's parameters; a denoiser's encoder: by content)."""
         d = asdict(self)
         if self.denoiser_objective is None:
             for k in ("denoiser_objective", "encoder"):  # an embedding run's record is what it always was
                 del d[k]
         else:
-            for k in EMBEDDING_ONLY:
+            # The encoder is identified by content (the task's ``encoder_id``), not by how its path
+            # is spelled, so a resume from another directory is the same run.
+            for k in (*EMBEDDING_ONLY, "encoder"):
                 del d[k]
         return d
