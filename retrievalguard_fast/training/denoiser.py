@@ -17,15 +17,15 @@ layers of W channels), or ``module:factory`` (a module mapping images to images 
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
-from ..data.models import TRAINING_EXTRA_FILE
-from ..errors import InputError
-from .model import BACKBONE, build_backbone, load_weights
+from ..errors import InputError, Term
+from .model import BACKBONE, build_backbone, embedding_width, load_weights, run_on_example
+
+ENCODER = Term("encoder", "--encoder")
 
 OBJECTIVES = ("stability",)
 DEFAULT_ARCHITECTURE = "dncnn"
@@ -67,13 +67,7 @@ def build_denoiser(spec: str, weights: Optional[str], example: torch.Tensor) -> 
             load_weights(model, weights, spec)
     else:
         model = build_backbone(spec, weights)
-    try:
-        with torch.no_grad():
-            out = model.eval()(example)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{{backbone}} {spec}: the denoiser fails on the training images of shape "
-                         f"{tuple(example.shape[1:])} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})",
-                         backbone=BACKBONE) from None
+    out = run_on_example(model.eval(), example, spec, BACKBONE, what="the denoiser ")
     if not isinstance(out, torch.Tensor) or out.shape != example.shape:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InputError(f"{{backbone}} {spec}: the denoiser returns {got} for images of shape {tuple(example.shape)}; "
@@ -104,28 +98,6 @@ def freeze(encoder: torch.nn.Module) -> torch.nn.Module:
     return encoder
 
 
-def export_denoiser(model: torch.nn.Module, example: torch.Tensor, record: dict, write) -> None:
-    """Trace the denoiser (eval mode, CPU) and write it with ``record`` (sigma first) as the extra
-    file :data:`TRAINING_EXTRA_FILE`, so ``certify --denoiser`` checks its sigma as a model's."""
-    model = model.cpu().eval()
-    with torch.no_grad():
-        traced = torch.jit.trace(model, example.cpu(), check_trace=False)
-    torch.jit.save(traced, write, _extra_files={TRAINING_EXTRA_FILE: json.dumps(record, sort_keys=True)})
-
-
-def check_encoder_output(encoder, example: torch.Tensor, spec: str) -> Tuple[int]:
-    """The frozen encoder must map ``(B, *input_shape)`` to ``(B, dim)``."""
-    from ..errors import Term
-
-    what = Term("encoder", "--encoder")
-    try:
-        with torch.no_grad():
-            out = encoder(example)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{{encoder}} {spec}: fails on the training images of shape {tuple(example.shape[1:])} "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})", encoder=what) from None
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != example.shape[0]:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise InputError(f"{{encoder}} {spec}: returns {got} for a batch of {example.shape[0]} images; expected "
-                         f"(batch, dim) embeddings", encoder=what)
-    return (int(out.shape[1]),)
+def check_encoder_output(encoder, example: torch.Tensor, spec: str) -> int:
+    """The frozen encoder must map ``(B, *input_shape)`` to ``(B, dim)``; returns ``dim``."""
+    return embedding_width(encoder, example, spec, ENCODER, name="dim")

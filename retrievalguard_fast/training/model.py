@@ -111,28 +111,41 @@ def load_weights(model: torch.nn.Module, weights: str, spec: str) -> None:
                          f"{str(exc).splitlines()[0][:160]})", weights=WEIGHTS, backbone=BACKBONE) from None
 
 
+def run_on_example(module: torch.nn.Module, example: torch.Tensor, spec: str, term: Term, what: str = ""):
+    """``module(example)`` without gradients; a failure is one line naming ``term`` (``--backbone``,
+    ``--encoder``) and ``spec``. ``what``: how the message names the module ("the denoiser ")."""
+    try:
+        with torch.no_grad():
+            return module(example)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{{arg}} {spec}: {what}fails on the training images of shape {tuple(example.shape[1:])} "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})", arg=term) from None
+
+
+def embedding_width(module: torch.nn.Module, example: torch.Tensor, spec: str, term: Term, name: str = "F") -> int:
+    """The width of what ``module`` maps ``example`` (a few training images) to, which must be
+    ``(batch, width)``; else one line naming ``term`` and ``spec``."""
+    out = run_on_example(module, example, spec, term)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != example.shape[0]:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputError(f"{{arg}} {spec}: returns {got} for a batch of {example.shape[0]} images; expected "
+                         f"(batch, {name}) = ({example.shape[0]}, {name})", arg=term)
+    return int(out.shape[1])
+
+
 def build_embedder(spec: str, weights: Optional[str], example: torch.Tensor, dim: int) -> Tuple[Embedder, int]:
     """The backbone with its head, checked on ``example`` (a few training images): it must map
     ``(B, *input_shape)`` to ``(B, features)``. Lazy layers are initialised here, so the caller
     seeds torch first. Returns the model and its number of features."""
     backbone = build_backbone(spec, weights)
-    try:
-        with torch.no_grad():
-            out = backbone.eval()(example)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{{backbone}} {spec}: fails on the training images of shape {tuple(example.shape[1:])} "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})", backbone=BACKBONE) from None
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != example.shape[0]:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise InputError(f"{{backbone}} {spec}: returns {got} for a batch of {example.shape[0]} images; expected "
-                         f"(batch, features) = ({example.shape[0]}, F)", backbone=BACKBONE)
-    features = int(out.shape[1])
+    features = embedding_width(backbone.eval(), example, spec, BACKBONE, name="features")
     return Embedder(backbone, torch.nn.Linear(features, dim)), features
 
 
-def export_torchscript(model: Embedder, example: torch.Tensor, record: dict, write) -> None:
-    """Trace ``model`` (eval mode, on the CPU) and write it with ``record`` as the extra file
-    :data:`EXTRA_FILE` into the open binary file ``write`` gives (``certify --model`` loads it)."""
+def export_torchscript(model: torch.nn.Module, example: torch.Tensor, record: dict, write) -> None:
+    """Trace ``model`` (eval mode, on the CPU) and write it with ``record`` (sigma first) as the
+    extra file :data:`EXTRA_FILE` into the open binary file ``write`` gives (``certify --model``
+    loads it, and ``certify --denoiser`` a denoiser; both check its sigma)."""
     model = model.cpu().eval()
     with torch.no_grad():
         traced = torch.jit.trace(model, example.cpu(), check_trace=False)

@@ -21,7 +21,7 @@ import torch
 
 from ..kernels import gaussian_noise, nn_search
 from .config import TrainConfig
-from .denoiser import build_denoiser, check_encoder_output, export_denoiser, freeze, stability_loss, unit
+from .denoiser import build_denoiser, check_encoder_output, freeze, stability_loss, unit
 from .model import build_embedder, export_torchscript
 from .objective import Objective, noise_seed, noisy_copies
 from .sampler import check_per_class, epoch_batches
@@ -128,7 +128,7 @@ class DenoiserTask:
         self.config, self.data, self.device = config, data, device
         self.denoiser = build_denoiser(config.backbone, config.weights, example).to(device)
         self.encoder = freeze(encoder.to(device))
-        (dim,) = check_encoder_output(self.encoder, example.to(device), config.encoder)
+        dim = check_encoder_output(self.encoder, example.to(device), config.encoder)
         self.params = {"encoder_id": encoder_id, "encoder_dim": dim}
         self.trained: List[torch.nn.Module] = [self.denoiser]
         self.step_terms: Tuple[str, ...] = ("loss",)
@@ -172,4 +172,4 @@ class DenoiserTask:
         extra = {"sigma": self.config.sigma, "training": {
             "denoiser_objective": self.config.denoiser_objective, "encoder_id": params["encoder_id"],
             **{k: params[k] for k in ("backbone", "epochs", "seed", "data")}}}
-        export_denoiser(self.denoiser, example, extra, write)
+        export_torchscript(self.denoiser, example, extra, write)
