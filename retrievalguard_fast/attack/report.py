@@ -13,11 +13,6 @@ PLOT = "attack_vs_certified.png"
 MODEL_STYLES = {"vote": ("vote", "C0"), "soft": ("soft", "C1"), "base": ("base (no noise)", "C2")}
 
 
-def _certificate(model: str):
-    """The registered certificate the attack on ``model`` tests (None for the base model)."""
-    return ATTACKED_CERTIFICATES.get(model)
-
-
 def budget_text(p: dict) -> str:
     """The attack's budget as run: the base model draws no noise."""
     draws = f" x {p['eot']} noise draws" if any(m != "base" for m in p["models"]) else ""
@@ -51,7 +46,7 @@ def plot_attack(summary: dict, path: str) -> None:
     cert = summary.get("certified")
     top = summary["radii"][-1] * 1.05 or 0.1
     for model, (name, color) in MODEL_STYLES.items():
-        certificate = _certificate(model)
+        certificate = ATTACKED_CERTIFICATES.get(model)  # None for the base model
         if model not in summary["empirical_robust_recall_at_1"]:
             continue
         if cert is not None and certificate is not None:
@@ -87,7 +82,7 @@ def print_attack_table(summary: dict, color: bool = False) -> None:
     print(f"  {'model':<30}{head}")
     cert = summary.get("certified")
     for model, (name, _) in MODEL_STYLES.items():
-        certificate = _certificate(model)
+        certificate = ATTACKED_CERTIFICATES.get(model)  # None for the base model
         if model not in summary["empirical_robust_recall_at_1"]:
             continue
         if cert is not None and certificate is not None:

@@ -124,8 +124,7 @@ class DataParallel:
 
         gathered: List[Optional[dict]] = [None] * self.world
         self.dist.all_gather_object(gathered, params)
-        if differing_parameters(gathered[self.rank], gathered[0]):
-            check_same_parameters(self.rank, gathered[self.rank], gathered[0])  # raises, with both values
+        check_same_parameters(self.rank, gathered[self.rank], gathered[0])  # this rank's: with both values
         for rank in range(1, self.world):
             differ = differing_parameters(gathered[rank], gathered[0])
             if differ:

@@ -99,11 +99,9 @@ class EmbeddingTask:
         """The loss of one batch, and the terms the history records (batch means)."""
         c = self.config
         noisy = noisy_copies(x.to(self.device), idx, c.sigma, c.noise_copies, c.seed, epoch)
-        loss, metric, mean_spread = self.objective(self.model(noisy), self.targets[idx].to(self.device))
-        terms = {"loss": loss, "metric_loss": metric}
-        if c.noise_copies > 1:
-            terms["spread"] = mean_spread  # mean 1 - |F|^2 over the batch's images
-        return loss, terms
+        # (total, metric loss, mean spread 1 - |F|^2 over the batch's images: None for one copy)
+        values = self.objective(self.model(noisy), self.targets[idx].to(self.device))
+        return values[0], dict(zip(self.step_terms, values))
 
     def validate(self, val) -> Dict[str, float]:
         """Clean leave-one-out Recall@1 of ``val`` (the Recall@1 certify reports for the same data
@@ -132,7 +130,9 @@ class DenoiserTask:
         self.params = {"encoder_id": encoder_id, "encoder_dim": dim}
         self.trained: List[torch.nn.Module] = [self.denoiser]
         self.step_terms: Tuple[str, ...] = ("loss",)
-        self._alone: Optional[float] = None
+        # The frozen encoder's side of the validation, the same every epoch: (clean embeddings,
+        # Recall@1 of the noisy images through the encoder alone), computed at the first one.
+        self._frozen: Optional[Tuple[torch.Tensor, float]] = None
 
     def optimizers(self) -> List[torch.optim.Optimizer]:
         return [torch.optim.Adam(self.denoiser.parameters(), lr=self.config.lr)]
@@ -158,15 +158,14 @@ class DenoiserTask:
         """Recall@1 of one noisy copy of each ``val`` image (leave-one-out, against the clean
         embeddings) through encoder(denoiser(.)), and through the encoder alone."""
         c, bs = self.config, self.config.batch_size
-        clean = embed_all(self.encoder, val, bs, self.device)
-        if self._alone is None:  # the denoiser does not change it: computed once
-            self._alone = leave_one_out_recall(embed_all(self.encoder, val, bs, self.device, c.sigma, c.seed),
-                                               clean, val.labels)
-        composite = torch.nn.Sequential(self.denoiser, self.encoder)
-        denoised = embed_all(composite, val, bs, self.device, c.sigma, c.seed)
-        self.encoder.eval()
+        if self._frozen is None:
+            clean = embed_all(self.encoder, val, bs, self.device)
+            noisy = embed_all(self.encoder, val, bs, self.device, c.sigma, c.seed)
+            self._frozen = clean, leave_one_out_recall(noisy, clean, val.labels)
+        clean, alone = self._frozen
+        denoised = embed_all(torch.nn.Sequential(self.denoiser, self.encoder), val, bs, self.device, c.sigma, c.seed)
         return {"noisy_recall_at_1": leave_one_out_recall(denoised, clean, val.labels),
-                "noisy_recall_at_1_encoder_alone": self._alone}
+                "noisy_recall_at_1_encoder_alone": alone}
 
     def export(self, example: torch.Tensor, params: dict, write) -> None:
         extra = {"sigma": self.config.sigma, "training": {
